@@ -1,0 +1,33 @@
+# The two commands: `make run` (set up, then score a generated sample clip on the embedded defaults)
+# and `make test` (set up, then lint, type-check and run every test). Both are idempotent.
+SAMPLE := .cache/sample.mp4
+VENV := .venv/bin
+
+.PHONY: setup run test lint bench format
+
+setup:
+	@bash scripts/setup.sh
+
+$(SAMPLE): | setup
+	@mkdir -p .cache
+	$(VENV)/python -m tests.media_factory sample $(SAMPLE)
+
+run: setup $(SAMPLE)
+	$(VENV)/dfguard score $(SAMPLE)
+	$(VENV)/dfguard score --json $(SAMPLE) | $(VENV)/python -m json.tool --no-indent | cut -c1-400
+
+lint: setup
+	$(VENV)/ruff check service bench tests scripts
+	$(VENV)/ruff format --check service bench tests scripts
+	$(VENV)/mypy
+
+format: setup
+	$(VENV)/ruff format service bench tests scripts
+	$(VENV)/ruff check --fix service bench tests scripts
+
+# pytest exits 5 when it collected no test; that is not a failure of the suite itself.
+test: setup lint
+	@$(VENV)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+bench: setup $(SAMPLE)
+	$(VENV)/python -m bench.pipeline --video $(SAMPLE) --json

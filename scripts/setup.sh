@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything dfguard needs on a fresh Debian machine, idempotently:
+# system packages (only when missing), the virtual environment at .venv, the project with its dev extra.
+# Re-running is cheap: pip runs again only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+APT_PACKAGES=()
+
+have_py() { "$PY" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+
+if ! have_py; then
+  APT_PACKAGES+=(python3 python3-venv python3-pip)
+fi
+command -v make >/dev/null || APT_PACKAGES+=(make)
+
+if ((${#APT_PACKAGES[@]})); then
+  echo "setup: installing system packages: ${APT_PACKAGES[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}"
+  have_py || { echo "setup: need Python >= 3.11 with venv" >&2; exit 1; }
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+
+stamp=.venv/.dfguard-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/dfguard ]; then
+  echo "setup: installing dfguard and its dev dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python --version), dfguard $(.venv/bin/dfguard version))"

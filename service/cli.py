@@ -1,0 +1,97 @@
+"""`dfguard` command line. Imports stay inside the commands so `dfguard --help` and the decoder host start fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.errors import ModerationError
+
+    try:
+        settings = Settings()
+        from service.media import PendingMedia
+
+        # One-shot process: fork the decoder now, while this process is still single-purpose, and load the
+        # models while it decodes (a forkserver would cost an extra interpreter start).
+        pending = PendingMedia(args.path, settings, start_method="fork")
+        try:
+            from service.pipeline import Pipeline
+
+            pipeline = Pipeline(settings, *_models(settings))
+        except BaseException:
+            pending.close()
+            raise
+        result = pipeline.score_pending(pending)
+    except ModerationError as exc:
+        status = 2 if exc.http_status < 500 else 1
+        if args.json:
+            _print_json({"error": {"code": exc.code, "message": exc.message}})
+        else:
+            print(f"dfguard: {exc.code}: {exc.message}", file=sys.stderr)
+        return status
+    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as a typed error, never a traceback
+        message = f"{type(exc).__name__}: {exc}"
+        if args.json:
+            _print_json({"error": {"code": "internal_error", "message": message}})
+        print(f"dfguard: internal_error: {message}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        m = result.media
+        score = "n/a" if result.score is None else f"{result.score:.3f}"
+        print(
+            f"{args.path}: {result.decision.upper()} (score {score}; {', '.join(result.reasons)})\n"
+            f"  {m.kind} {m.width}x{m.height}"
+            + (f", {m.duration_s:.1f} s" if m.duration_s else "")
+            + f"; {result.frames_sampled} frames sampled, {result.faces_detected} face crops; "
+            f"model {result.model.name} {result.model.version}; {result.timings_ms.total:.0f} ms"
+        )
+    return 0
+
+
+def _models(settings: Any) -> tuple[Any, Any]:
+    from service.pipeline import build_backend, build_detector
+
+    return build_detector(settings), build_backend(settings)
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    from service import __version__
+
+    print(__version__)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfguard", description="Deepfake moderation: score media for face manipulation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score one video or image file (no server needed)")
+    score.add_argument("path", help="video (mp4, mov, webm, mkv, avi) or image (jpeg, png, webp)")
+    score.add_argument("--json", action="store_true", help="print the full result as one JSON object")
+    score.set_defaults(func=_cmd_score)
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_cmd_version)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The one settings class: every knob of dfguard, read from `DFG_*` environment variables.
+
+Built once by each entry point (CLI, gateway, worker) and passed down; nothing else reads the environment.
+Durations are in seconds (`*_seconds`), sizes in bytes or megabytes as the name says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Aggregation = Literal["mean", "max_face_mean_frames", "confident"]
+
+
+class Settings(BaseSettings):
+    """All of dfguard's configuration (env prefix `DFG_`, e.g. `DFG_FRAMES_PER_VIDEO=16`)."""
+
+    model_config = SettingsConfigDict(env_prefix="DFG_", extra="ignore", frozen=True)
+
+    # --- media: sampling and limits ---------------------------------------------------------------
+    frames_per_video: int = Field(32, ge=1, le=256, description="Frames sampled evenly over the duration.")
+    max_media_bytes: int = Field(500 * 1024 * 1024, ge=1, description="Uploads larger than this are refused.")
+    max_duration_seconds: float = Field(30 * 60, gt=0, description="Longer videos are refused.")
+    max_frame_pixels: int = Field(7680 * 4320, ge=1, description="Pixels per frame (default 8K UHD, 33 MP).")
+    max_decoded_frames: int = Field(
+        200_000, ge=1, description="Frames the decoder may produce for one video (a runaway-work guard)."
+    )
+    max_working_side: int = Field(
+        1920,
+        ge=256,
+        description="Sampled frames larger than this are downscaled (longest side) before analysis.",
+    )
+    seek_above_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="Videos longer than this are sampled by seeking instead of decoding every frame.",
+    )
+    decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg frame threads per decode.")
+    decode_timeout_seconds: float = Field(120.0, gt=0, description="Wall-clock limit of one isolated decode.")
+    decode_memory_limit_mb: int = Field(
+        3072, ge=256, description="Address-space limit of the decoder process."
+    )
+    decode_isolation: Literal["process", "inline"] = Field(
+        "process",
+        description="`process`: decode in a child with limits (a crash costs one request); `inline`.",
+    )
+    decode_start_method: Literal["forkserver", "fork", "spawn"] = Field(
+        "forkserver", description="How decoder children are started (forkserver is safe in threaded servers)."
+    )
+
+    # --- faces -------------------------------------------------------------------------------------
+    detector: Literal["retinaface-mnet025"] = "retinaface-mnet025"
+    detect_every: int = Field(
+        4, ge=1, description="Run the detector on every Nth sampled frame; track between."
+    )
+    detect_side_video: int = Field(
+        320, ge=64, description="Longest side of video frames fed to the detector."
+    )
+    detect_side_image: int = Field(
+        640, ge=64, description="Longest side of still images fed to the detector."
+    )
+    detector_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    detector_nms_iou: float = Field(0.4, gt=0.0, le=1.0)
+    min_face_px: int = Field(
+        24, ge=1, description="Faces smaller than this (shorter side, full frame) are ignored."
+    )
+    max_faces_per_frame: int = Field(8, ge=1)
+    track_iou: float = Field(0.3, gt=0.0, le=1.0, description="IoU that links detections into one track.")
+    crop_margin: float | None = Field(
+        None, ge=0.0, le=1.0, description="Override of the model manifest's crop margin (fraction per side)."
+    )
+
+    # --- classifier and decision -------------------------------------------------------------------
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    model_paths: list[Path] = Field(
+        default_factory=list,
+        description="Manifest files (model.json) of the models to serve; empty: the bundled default model.",
+    )
+    inference_threads: int = Field(
+        default_factory=lambda: min(2, os.cpu_count() or 1),
+        ge=1,
+        description="ONNX Runtime intra-op threads.",
+    )
+    max_batch_size: int = Field(64, ge=1, description="Crops per inference call.")
+    aggregation: Aggregation = "confident"
+    review_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    flag_threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Settings:
+        if self.review_threshold > self.flag_threshold:
+            raise ValueError("review_threshold must not exceed flag_threshold")
+        return self

@@ -1,0 +1,83 @@
+"""From crop scores to a video score and a decision. Pure functions, no I/O.
+
+Aggregation runs per model, then the models of an ensemble are averaged (as the DFDC winner averaged its 7).
+`confident` is the DFDC winner's `confident_strategy` (selimsef/dfdc_deepfake_challenge `kernel_utils.py`
+264-274): a few confidently fake crops outweigh many uncertain ones, and a confidently real majority is
+trusted, which suits face swaps that affect only some frames or one of several faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.config import Aggregation
+from service.schemas import Decision
+
+__all__ = ["Thresholds", "Verdict", "aggregate", "decide"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    review: float = 0.5
+    flag: float = 0.8
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score: float | None
+    decision: Decision
+    reasons: list[str]
+
+
+def _confident(scores: np.ndarray, t: float = 0.8) -> float:
+    n = len(scores)
+    confident_fake = scores[scores > t]
+    if len(confident_fake) > 11 and len(confident_fake) > n // 2.5:
+        return float(np.mean(confident_fake))
+    confident_real = scores[scores < 0.2]
+    if len(confident_real) > 0.9 * n:
+        return float(np.mean(confident_real))
+    return float(np.mean(scores))
+
+
+def _one_model(scores: Sequence[float], frames: Sequence[int], strategy: Aggregation) -> float:
+    arr = np.asarray(scores, dtype=np.float64)
+    if strategy == "mean":
+        return float(arr.mean())
+    if strategy == "max_face_mean_frames":
+        per_frame: dict[int, float] = {}
+        for f, s in zip(frames, arr, strict=True):
+            per_frame[f] = max(per_frame.get(f, 0.0), float(s))
+        return float(np.mean(list(per_frame.values())))
+    return _confident(arr)
+
+
+def aggregate(
+    scores_by_model: Mapping[str, Sequence[float]], frames: Sequence[int], strategy: Aggregation
+) -> float | None:
+    """Video score: `strategy` over each model's crop scores, then the mean over models; None without crops.
+
+    `frames[i]` is the sampled-frame position of crop i (the same for every model).
+    """
+    per_model = [_one_model(s, frames, strategy) for s in scores_by_model.values() if len(s)]
+    return float(np.mean(per_model)) if per_model else None
+
+
+def decide(score: float | None, thresholds: Thresholds, extra_reasons: Sequence[str] = ()) -> Verdict:
+    """Map a video score to allow / review / flag with the reasons that led there."""
+    reasons = list(extra_reasons)
+    if score is None:
+        return Verdict(None, "allow", ["no_face_found", *reasons])
+    if score >= thresholds.flag:
+        decision: Decision = "flag"
+        reasons.insert(0, "score_at_or_above_flag_threshold")
+    elif score >= thresholds.review:
+        decision = "review"
+        reasons.insert(0, "score_at_or_above_review_threshold")
+    else:
+        decision = "allow"
+        reasons.insert(0, "score_below_review_threshold")
+    return Verdict(score, decision, reasons)

@@ -1,0 +1,38 @@
+"""The one interface every classifier backend implements: batched crops in, probabilities out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from service.models.manifest import ModelManifest
+
+__all__ = ["BackendUnavailable", "InferenceBackend"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot serve now (e.g. a remote server is down); retryable by the caller."""
+
+
+class InferenceBackend(Protocol):
+    """Runs the classifiers of an ensemble on face crops."""
+
+    name: str
+
+    @property
+    def models(self) -> list[ModelManifest]:
+        """The ensemble, in a stable order."""
+        ...
+
+    def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """Probabilities (N,) that each crop is manipulated.
+
+        `crops` are (N, S, S, 3) uint8 RGB, cropped and resized as the model's manifest says.
+        """
+        ...
+
+    def ready(self) -> bool:
+        """Whether every model is loaded and can serve."""
+        ...

@@ -1,0 +1,74 @@
+"""Model manifests: everything needed to feed a classifier exactly as it was trained.
+
+A manifest (`model.json`) sits beside its ONNX file. Cropping (margin, size, resize recipe) and normalisation
+come from it and nowhere else, so a served model can never silently see different pixels than in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["CalibratedThresholds", "ModelManifest", "load_manifest"]
+
+
+class CalibratedThresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    review: float = Field(ge=0.0, le=1.0)
+    flag: float = Field(ge=0.0, le=1.0)
+
+
+class ModelManifest(BaseModel):
+    """Describes one classifier file and the exact preprocessing it expects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str
+    trained: bool = Field(description="False for a placeholder network with random weights.")
+    file: str = Field(description="ONNX file, relative to the manifest.")
+    sha256: str | None = Field(None, description="Checked at load time when present.")
+    input_name: str = "input"
+    output_name: str = "output"
+    input_size: int = Field(ge=16, le=1024, description="Square input side in pixels.")
+    input_dtype: Literal["uint8", "float32"] = Field(
+        description="uint8: raw RGB pixels, normalisation inside the graph; float32: normalised outside."
+    )
+    input_layout: Literal["NHWC", "NCHW"]
+    mean: tuple[float, float, float] = Field(description="RGB mean of pixels scaled to [0, 1].")
+    std: tuple[float, float, float] = Field(description="RGB std of pixels scaled to [0, 1].")
+    normalization_in_graph: bool
+    crop_margin: float = Field(ge=0.0, le=1.0, description="Fraction of the face box added on each side.")
+    resize: Literal["linear", "area_cubic"] = "linear"
+    output: Literal["probability", "logit"] = Field(description="What the single output value per crop is.")
+    output_meaning: str = "probability that the face is manipulated (fake)"
+    thresholds: CalibratedThresholds | None = Field(None, description="Calibrated review/flag thresholds.")
+    description: str = ""
+    licence: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        if self.input_dtype == "uint8" and not self.normalization_in_graph:
+            raise ValueError("uint8 input requires normalization_in_graph")
+        if self.thresholds and self.thresholds.review > self.thresholds.flag:
+            raise ValueError("thresholds.review must not exceed thresholds.flag")
+        return self
+
+
+def load_manifest(path: str | Path) -> tuple[ModelManifest, Path]:
+    """Read a manifest and return it with the resolved path of its model file (hash-checked if stated)."""
+    path = Path(path)
+    manifest = ModelManifest.model_validate_json(path.read_bytes())
+    model_path = (path.parent / manifest.file).resolve()
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {model_path} named by {path} does not exist")
+    if manifest.sha256:
+        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        if digest != manifest.sha256:
+            raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {manifest.sha256}")
+    return manifest, model_path

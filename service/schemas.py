@@ -1,0 +1,88 @@
+"""Pydantic models at dfguard's boundaries: what `dfguard score --json` prints and the gateway returns."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Decision = Literal["allow", "review", "flag"]
+MediaKind = Literal["video", "image"]
+
+__all__ = [
+    "Decision",
+    "ErrorBody",
+    "ErrorDetail",
+    "FaceResult",
+    "FrameResult",
+    "MediaInfo",
+    "MediaKind",
+    "ModelRef",
+    "ScoreResult",
+    "Timings",
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MediaInfo(_Out):
+    sha256: str = Field(description="SHA-256 of the uploaded bytes (hex).")
+    kind: MediaKind
+    duration_s: float | None = Field(description="Duration of a video; null for an image.")
+    width: int = Field(description="Width of the upright (rotation-applied) picture, pixels.")
+    height: int = Field(description="Height of the upright picture, pixels.")
+
+
+class ModelRef(_Out):
+    name: str
+    version: str
+
+
+class Timings(_Out):
+    decode: float = Field(description="Milliseconds spent decoding and sampling frames.")
+    detect: float = Field(description="Milliseconds spent detecting and tracking faces.")
+    classify: float = Field(description="Milliseconds spent cropping and classifying faces.")
+    total: float = Field(description="Milliseconds end to end.")
+
+
+class FaceResult(_Out):
+    box: tuple[float, float, float, float] = Field(
+        description="[x1, y1, x2, y2] in pixels of the upright, rotation-applied frame."
+    )
+    detector_score: float = Field(
+        description="Detector confidence (of the nearest detection for tracked faces)."
+    )
+    score: float = Field(description="Probability that this face is manipulated (mean over the ensemble).")
+    track_id: int = Field(description="Faces with the same track id are the same person across frames.")
+    tracked: bool = Field(description="True when the box was interpolated by tracking, not detected here.")
+
+
+class FrameResult(_Out):
+    index: int = Field(description="Index of the frame in the decoded stream.")
+    time_s: float
+    faces: list[FaceResult]
+
+
+class ScoreResult(_Out):
+    """The verdict on one piece of media."""
+
+    media: MediaInfo
+    frames_sampled: int
+    faces_detected: int = Field(description="Face crops scored (faces summed over sampled frames).")
+    score: float | None = Field(description="Video-level manipulation score in [0, 1]; null when no face.")
+    decision: Decision
+    reasons: list[str]
+    model: ModelRef
+    timings_ms: Timings
+    frames: list[FrameResult]
+
+
+class ErrorDetail(_Out):
+    code: str
+    message: str
+
+
+class ErrorBody(_Out):
+    error: ErrorDetail
