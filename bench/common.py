@@ -16,7 +16,7 @@ def platform_info() -> dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("av", "numpy", "onnxruntime", "opencv-python-headless", "pydantic"):
         try:
             versions[pkg] = metadata.version(pkg)

@@ -99,8 +99,8 @@ def main(out: Path = OUT) -> None:
         "output": "probability",
         "output_meaning": "probability that the face is manipulated (fake); UNTRAINED: meaningless",
         "thresholds": None,
-        "description": "Placeholder 4-layer CNN with seeded random weights (scripts/make_untrained_model.py). "
-        "Not trained: its scores carry no information about manipulation.",
+        "description": "Placeholder 4-layer CNN with seeded random weights (scripts/make_untrained_model.py)."
+        " Not trained: its scores carry no information about manipulation.",
         "licence": "Proprietary (dfguard)",
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")

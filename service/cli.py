@@ -1,4 +1,4 @@
-"""`dfguard` command line. Imports stay inside the commands so `dfguard --help` and the decoder host start fast."""
+"""`dfguard` command line. Imports stay inside the commands so `dfguard --help` starts fast."""
 
 from __future__ import annotations
 

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     detect_side_video: int = Field(
         320, ge=64, description="Longest side of video frames fed to the detector."
     )
+    detect_side_fallback: int = Field(
+        640,
+        ge=0,
+        description="Key frames without a face are searched again at this longest side (small faces); "
+        "0 disables the second pass.",
+    )
     detect_side_image: int = Field(
         640, ge=64, description="Longest side of still images fed to the detector."
     )

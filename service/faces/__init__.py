@@ -1,4 +1,4 @@
-"""Face stage: detect faces on key frames, track them across the sampled frames, crop them for a classifier."""
+"""Face stage: detect faces on key frames, track them across sampled frames, crop them for a classifier."""
 
 from service.faces.crop import Resize, crop_face, expand_box
 from service.faces.detector import DEFAULT_DETECTOR_PATH, FaceDetector, RetinaFaceDetector, ort_session

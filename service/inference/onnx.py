@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
 from service.faces.detector import ort_session
 from service.models.manifest import ModelManifest, load_manifest
@@ -26,7 +27,7 @@ class OnnxRuntimeBackend:
         if not manifest_paths:
             raise ValueError("at least one model manifest is required")
         self._manifests: list[ModelManifest] = []
-        self._sessions = {}
+        self._sessions: dict[str, ort.InferenceSession] = {}
         for path in manifest_paths:
             manifest, model_path = load_manifest(path)
             if manifest.name in self._sessions:
@@ -45,9 +46,11 @@ class OnnxRuntimeBackend:
     def _prepare(self, m: ModelManifest, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
         x: npt.NDArray[np.generic] = crops
         if m.input_dtype == "float32":
-            f = crops.astype(np.float32) / 255.0
+            f: npt.NDArray[np.float32] = crops.astype(np.float32) * np.float32(1 / 255)
             if not m.normalization_in_graph:
-                f = (f - np.asarray(m.mean, np.float32)) / np.asarray(m.std, np.float32)
+                mean = np.asarray(m.mean, dtype=np.float32)
+                std = np.asarray(m.std, dtype=np.float32)
+                f = np.divide(np.subtract(f, mean, dtype=np.float32), std, dtype=np.float32)
             x = f
         if m.input_layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))

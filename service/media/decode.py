@@ -123,10 +123,13 @@ def _demux_duration(path: str | Path, fmt: str) -> tuple[float, float] | None:
         if not c.streams.video:
             return None
         s = c.streams.video[0]
+        tb = s.time_base
+        if tb is None:
+            return None
         for pkt in c.demux(s):
             if pkt.pts is None:
                 continue
-            t = float(pkt.pts * s.time_base)
+            t = float(pkt.pts * tb)
             first = t if first is None else min(first, t)
             last = t if last is None else max(last, t)
     if first is None or last is None:

@@ -6,8 +6,8 @@ address-space limit and no core dumps; the parent waits with a deadline and kill
 The child writes the sampled frames straight into a shared-memory buffer (a memfd the parent owns and maps
 once; the child opens it through /proc), so 32 frames of 720p (88 MB) cross the boundary without a copy.
 Buffers are pooled and reused: writing into already-allocated shared pages is about 55 ms cheaper per 720p
-clip than a fresh shared file, whose pages the kernel must allocate and zero each time. Any way the child can die becomes one
-`DecodeFailed` for this request; the caller keeps serving.
+clip than a fresh shared file, whose pages the kernel must allocate and zero each time.
+Any way the child can die becomes one `DecodeFailed` for this request; the caller keeps serving.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import resource
+import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from multiprocessing import context, forkserver, popen_forkserver, reduction, spawn, util
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ class IsolationLimits:
     start_method: str = "forkserver"
 
 
-class _DecoderPopen(popen_forkserver.Popen):  # type: ignore[misc]
+class _DecoderPopen(popen_forkserver.Popen):
     """Forkserver launch that does not re-import the parent's `__main__` in the child.
 
     The stdlib child re-runs the parent's main module (the `dfguard` script, a benchmark, a server) before the
@@ -59,15 +60,15 @@ class _DecoderPopen(popen_forkserver.Popen):  # type: ignore[misc]
             reduction.dump(process_obj, buf)
         finally:
             context.set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
         _parent_w = os.dup(w)
-        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))  # type: ignore[attr-defined]
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = forkserver.read_signed(self.sentinel)
 
 
-class _DecoderProcess(mp.context.ForkServerProcess):  # type: ignore[misc]
+class _DecoderProcess(mp.context.ForkServerProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
         return _DecoderPopen(process_obj)
@@ -138,7 +139,7 @@ _buffers = _BufferPool()
 
 
 def buffer_capacity(limits: MediaLimits) -> int:
-    """Bytes that the largest allowed sample needs: every frame at the working size, square in the worst case."""
+    """Bytes the largest allowed sample needs: every frame at working size, square in the worst case."""
     return limits.frames_per_video * limits.max_working_side * limits.max_working_side * 3
 
 
@@ -149,7 +150,12 @@ def _child_main(
     buffer_path: str,
     capacity: int,
     memory_mb: int,
+    timeout_seconds: float,
 ) -> None:
+    # The child enforces its own deadline too (SIGALRM's default action ends it, even inside FFmpeg), so a
+    # decode cannot outlive its limit when nobody waits on it yet.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     mem = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -188,7 +194,15 @@ class DecodeJob:
         proc_cls = _DecoderProcess if isolation.start_method == "forkserver" else ctx.Process
         self.proc = proc_cls(
             target=_child_main,
-            args=(send, str(path), limits, self.buffer.child_path, self.buffer.capacity, isolation.memory_mb),
+            args=(
+                send,
+                str(path),
+                limits,
+                self.buffer.child_path,
+                self.buffer.capacity,
+                isolation.memory_mb,
+                isolation.timeout_seconds,
+            ),
             name="dfguard-decoder",
             daemon=True,
         )
@@ -260,5 +274,7 @@ def _wait(
         msg: tuple[Any, ...] = recv.recv()
     except (EOFError, OSError):
         proc.join(timeout=5)
+        if proc.exitcode == -signal.SIGALRM:
+            raise DecodeFailed(f"the decoder exceeded its time limit of {limit:g} s") from None
         raise DecodeFailed(f"the decoder crashed (exit code {proc.exitcode})") from None
     return msg

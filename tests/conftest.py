@@ -1,0 +1,32 @@
+"""Fixtures shared across the suite: real media generated once per session, and one loaded pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.pipeline import Pipeline
+from tests import media_factory as mf
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def face_clip(media_dir: Path) -> Path:
+    """A 2-s 640x360 H.264 clip with one moving face (astronaut)."""
+    return mf.make_face_clip(media_dir / "face.mp4", seconds=2.0, width=640, height=360)
+
+
+@pytest.fixture(scope="session")
+def face_free_clip(media_dir: Path) -> Path:
+    return mf.make_face_free_clip(media_dir / "noface.mp4", seconds=2.0, width=640, height=360)
+
+
+@pytest.fixture(scope="session")
+def pipeline() -> Pipeline:
+    return Pipeline.from_settings(Settings())
