@@ -14,7 +14,7 @@ $(SAMPLE): | setup
 
 run: setup $(SAMPLE)
 	$(VENV)/dfguard score $(SAMPLE)
-	$(VENV)/dfguard score --json $(SAMPLE) | $(VENV)/python -m json.tool --no-indent | cut -c1-400
+	$(VENV)/dfguard score --json $(SAMPLE)
 
 lint: setup
 	$(VENV)/ruff check service bench tests scripts

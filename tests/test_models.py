@@ -56,3 +56,54 @@ def test_backend_scores_batches_consistently() -> None:
 def test_backend_refuses_a_model_listed_twice() -> None:
     with pytest.raises(ValueError, match="twice"):
         OnnxRuntimeBackend([DEFAULT_MANIFEST, DEFAULT_MANIFEST])
+
+
+def _float_model(tmp_path: Path, *, output: str, layout: str) -> Path:
+    """A float32 model returning the mean of its input: checks normalisation and layout outside the graph."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["n", 3, 32, 32] if layout == "NCHW" else ["n", 32, 32, 3]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2, 3], keepdims=0)],
+        "mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    (tmp_path / "m.onnx").write_bytes(data)
+    manifest = {
+        "name": "float-mean",
+        "version": "1",
+        "trained": True,
+        "file": "m.onnx",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "input_name": "x",
+        "output_name": "y",
+        "input_size": 32,
+        "input_dtype": "float32",
+        "input_layout": layout,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "normalization_in_graph": False,
+        "crop_margin": 0.3,
+        "output": output,
+    }
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    assert onnx.load_model_from_string(data)
+    return tmp_path / "model.json"
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("output", ["probability", "logit"])
+def test_float_models_are_normalised_as_their_manifest_says(tmp_path: Path, layout: str, output: str) -> None:
+    backend = OnnxRuntimeBackend([_float_model(tmp_path, output=output, layout=layout)], threads=1)
+    crops = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (0, 128, 255)])
+    expected = ((crops.astype(np.float64) / 255 - 0.5) / 0.25).mean(axis=(1, 2, 3))
+    if output == "logit":
+        expected = 1 / (1 + np.exp(-expected))
+    np.testing.assert_allclose(backend.predict("float-mean", crops), expected, atol=1e-5)
