@@ -6,16 +6,19 @@ Cheap checks (size, magic bytes) run in the caller; decoding runs in an isolated
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
 import time
 from pathlib import Path
 
+import numpy as np
+
 from service.config import Settings
 from service.errors import EmptyMedia, MediaNotFound, MediaTooLarge
 from service.media.decode import decode_media, probe_kind
-from service.media.isolated import DecodeJob, IsolationLimits, decode_isolated, warm_up
+from service.media.isolated import DecodeJob, IsolationLimits, warm_up
 from service.media.types import MediaHeader, MediaLimits, SampledMedia
 
 __all__ = [
@@ -24,7 +27,6 @@ __all__ = [
     "PendingMedia",
     "SampledMedia",
     "check_size",
-    "decode_isolated",
     "decode_media",
     "file_sha256",
     "isolation_from_settings",
@@ -91,5 +93,15 @@ class PendingMedia:
 
 
 def load_media(path: str | Path, settings: Settings) -> SampledMedia:
-    """Check, sniff and decode the media at `path` as the settings say (isolated by default)."""
-    return PendingMedia(path, settings).result()
+    """Check, sniff and decode the media at `path` as the settings say (isolated by default).
+
+    Returns frames the caller owns (a copy out of the shared buffer); `PendingMedia` avoids the copy.
+    """
+    pending = PendingMedia(path, settings)
+    try:
+        media = pending.result()
+        if pending.job is None:
+            return media
+        return dataclasses.replace(media, frames=np.array(media.frames))
+    finally:
+        pending.close()

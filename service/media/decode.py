@@ -16,6 +16,8 @@ the pipeline.
 from __future__ import annotations
 
 import bisect
+import errno
+import warnings
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import (
     CorruptMedia,
+    DecodeFailed,
+    MediaNotFound,
     MediaTooLong,
     NoVideoStream,
     ResolutionTooHigh,
@@ -51,9 +55,7 @@ def decode_media(path: str | Path, limits: MediaLimits, alloc: Allocator = _defa
     `alloc` provides the output frame buffer once its shape is known, so a caller can place it in shared
     memory. Raises a `MediaError` subclass for anything that is not analysable media.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    kind = sniff(head)
+    kind = probe_kind(path)
     if kind.kind == "image":
         return _decode_image(path, kind, limits, alloc)
     return _decode_video(path, kind, limits, alloc)
@@ -64,7 +66,16 @@ def decode_media(path: str | Path, limits: MediaLimits, alloc: Allocator = _defa
 
 def _decode_image(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: Allocator) -> SampledMedia:
     try:
-        with Image.open(path, formats=[kind.format]) as img:
+        with warnings.catch_warnings():
+            # dfguard's pixel limit below is the one that applies, not Pillow's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=[kind.format])
+    except Image.DecompressionBombError as exc:
+        raise ResolutionTooHigh(f"image is over the pixel limit: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CorruptMedia(f"{kind.format.lower()} image could not be read: {exc}") from exc
+    try:
+        with img:
             w, h = img.size
             if w * h > limits.max_frame_pixels:
                 raise ResolutionTooHigh(
@@ -75,7 +86,11 @@ def _decode_image(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
             img.load()
             upright = ImageOps.exif_transpose(img) or img
             rgb = upright.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ResolutionTooHigh(f"image is over the pixel limit: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CorruptMedia(f"{kind.format.lower()} image could not be decoded: {exc}") from exc
     full_w, full_h = rgb.size
     scale = _working_scale(full_w, full_h, limits.max_working_side)
@@ -146,6 +161,8 @@ def _upright(rgb: npt.NDArray[np.uint8], rotation: int) -> npt.NDArray[np.uint8]
 def _open_video(path: str | Path, kind: Sniffed) -> Any:
     try:
         return av.open(str(path), format=kind.format, metadata_errors="ignore")
+    except MemoryError:
+        raise
     except av.error.InvalidDataError as exc:
         raise CorruptMedia(f"{kind.format} container could not be opened: {exc}") from exc
     except av.error.FFmpegError as exc:
@@ -161,6 +178,8 @@ def _decode_video(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
             raise NoVideoStream("the media has no video stream")
         stream = container.streams.video[0]
         cc = stream.codec_context
+        if cc is None:
+            raise CorruptMedia("the video stream has no usable decoder (unknown codec or damaged header)")
         width, height = int(cc.width or 0), int(cc.height or 0)
         if width <= 0 or height <= 0:
             raise CorruptMedia("the video stream has no frame size")
@@ -254,7 +273,12 @@ class _Sampler:
         ww, wh = self.work_size
         if frame.width * frame.height > self.limits.max_frame_pixels:
             raise ResolutionTooHigh(f"a frame of {frame.width}x{frame.height} is over the pixel limit")
-        rgb = frame.to_ndarray(format="rgb24", width=ww, height=wh)
+        try:
+            rgb = frame.to_ndarray(format="rgb24", width=ww, height=wh)
+        except av.error.FFmpegError as exc:
+            # The frame decoded, so its data is fine: failing to convert it is a resource failure (threads or
+            # memory under the decoder's limits), not corrupt media.
+            raise DecodeFailed(f"a decoded frame could not be converted: {exc}") from exc
         up = _upright(rgb, self.rotation)
         if up.shape != self.out.shape[1:]:  # mid-stream size change: fit into the first frame's shape
             up = _fit(up, self.out.shape[1], self.out.shape[2])
@@ -287,7 +311,11 @@ class _Sampler:
             cc.skip_frame = "DEFAULT" if self._needed(t) else "NONREF"
         try:
             frames = cc.decode(packet)
-        except av.error.FFmpegError:
+        except MemoryError:
+            raise  # out of memory is a limit, not broken data (av.error.MemoryError is an FFmpegError too)
+        except av.error.FFmpegError as exc:
+            if exc.errno == errno.ENOMEM:
+                raise MemoryError(str(exc)) from exc
             self.errors += 1
             if self.errors > _MAX_DECODE_ERRORS and self.count == 0:
                 raise _StopDecoding from None
@@ -305,6 +333,8 @@ class _Sampler:
                 self._decode_packet(stream, packet)
         except _StopDecoding:
             return
+        except MemoryError:
+            raise
         except av.error.FFmpegError:
             self.errors += 1  # demuxer gave up: the file is damaged after this point
             self.truncated = True
@@ -329,6 +359,8 @@ class _Sampler:
                         break
         except _StopDecoding:
             return
+        except MemoryError:
+            raise
         except av.error.FFmpegError:
             self.errors += 1
             self.truncated = True
@@ -342,6 +374,10 @@ class _Sampler:
                     return
         except _StopDecoding:
             return
+        except av.error.EOFError:
+            pass  # the demuxer's final empty packet already drained the decoder
+        except MemoryError:
+            raise
         except av.error.FFmpegError:
             self.errors += 1
         # Targets left after the last frame: if the stream really ended where it said, the last frame is the
@@ -391,8 +427,11 @@ def _fit(img: npt.NDArray[np.uint8], h: int, w: int) -> npt.NDArray[np.uint8]:
 
 def probe_kind(path: str | Path) -> Sniffed:
     """Sniff a file without decoding it (cheap; for callers that only need the kind)."""
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        raise MediaNotFound(f"cannot read {path}: {exc.strerror}") from exc
     return sniff(head)
 
 

@@ -12,6 +12,8 @@ Any way the child can die becomes one `DecodeFailed` for this request; the calle
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import mmap
 import multiprocessing as mp
@@ -109,6 +111,14 @@ class FrameBuffer:
         self.array = np.frombuffer(self._map, dtype=np.uint8)
         self.child_path = f"/proc/{os.getpid()}/fd/{self.fd}"
 
+    def close(self) -> None:
+        """Unmap and free the region (only once no array view of it is used any more)."""
+        self.array = np.empty(0, dtype=np.uint8)
+        # If a view of it still exists somewhere, the kernel frees the region when that view goes.
+        with contextlib.suppress(BufferError):
+            self._map.close()
+        os.close(self.fd)
+
     def view(self, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
         n = int(np.prod(shape))
         if n > self.capacity:
@@ -172,6 +182,13 @@ def _child_main(
         conn.send(("error", exc.code, exc.message))
     except MemoryError:
         conn.send(("error", DecodeFailed.code, f"the decoder exceeded its memory limit of {memory_mb} MB"))
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            conn.send(
+                ("error", DecodeFailed.code, f"the decoder exceeded its memory limit of {memory_mb} MB")
+            )
+        else:
+            conn.send(("error", DecodeFailed.code, f"the decoder failed: {type(exc).__name__}: {exc}"))
     except BaseException as exc:  # noqa: BLE001 - anything else in the child is a failed decode of this media
         conn.send(("error", DecodeFailed.code, f"the decoder failed: {type(exc).__name__}: {exc}"))
     finally:
@@ -209,7 +226,8 @@ class DecodeJob:
         try:
             self.proc.start()
         except BaseException:
-            self.close()
+            self.recv.close()
+            self._release(reuse=True)
             raise
         finally:
             send.close()
@@ -238,30 +256,16 @@ class DecodeJob:
     def close(self) -> None:
         """Stop the child if it still runs and return the frame buffer to the pool (frames become invalid)."""
         self._reap()
+        # Reuse the buffer only once the child is gone: nobody can write into it any more.
+        self._release(reuse=self.proc.exitcode is not None)
+
+    def _release(self, reuse: bool) -> None:
         if self.buffer is not None:
-            if self.proc.exitcode is not None:  # the child is gone: nobody writes into the buffer any more
+            if reuse:
                 _buffers.release(self.buffer)
+            else:
+                self.buffer.close()
             self.buffer = None
-
-
-def decode_isolated(path: str | Path, limits: MediaLimits, isolation: IsolationLimits) -> SampledMedia:
-    """Decode `path` in a child process and return a private copy of the frames.
-
-    Raises the child's `MediaError`, or `DecodeFailed` if it dies. Long-lived callers should prefer
-    `DecodeJob`, which avoids the copy.
-    """
-    job = DecodeJob(path, limits, isolation)
-    try:
-        media = job.result()
-        return SampledMedia(
-            header=media.header,
-            frames=np.array(media.frames),
-            indices=media.indices,
-            times=media.times,
-            scale=media.scale,
-        )
-    finally:
-        job.close()
 
 
 def _wait(
