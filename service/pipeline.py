@@ -18,6 +18,7 @@ import numpy.typing as npt
 from service.config import Settings
 from service.decision import Thresholds, Verdict, aggregate, decide
 from service.faces import (
+    Detection,
     FaceDetector,
     RetinaFaceDetector,
     TrackedFace,
@@ -102,21 +103,33 @@ class Pipeline:
         is_image = media.header.kind == "image"
         keys = keyframe_positions(n, 1 if is_image else self.settings.detect_every)
         side = self.settings.detect_side_image if is_image else self.settings.detect_side_video
-        dets = self.detector.detect([media.frames[k] for k in keys], side)
-        # Coarse to fine: 320 px finds talking heads cheaply; only key frames without a face pay for a second,
-        # finer look, which finds faces down to about 5 % of the frame height.
-        fine = self.settings.detect_side_fallback
-        empty = [i for i, d in enumerate(dets) if not d]
-        if empty and fine > side:
-            for i, found in zip(
-                empty, self.detector.detect([media.frames[keys[i]] for i in empty], fine), strict=True
-            ):
-                dets[i] = found
+        dets = self._detect_coarse_to_fine([media.frames[k] for k in keys], side)
         min_px = self.settings.min_face_px / media.scale
         dets = [
             [d for d in frame if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= min_px] for frame in dets
         ]
         return track_faces(keys, dets, n, self.settings.track_iou)
+
+    def _detect_coarse_to_fine(self, frames: list[npt.NDArray[np.uint8]], side: int) -> list[list[Detection]]:
+        """Detections per frame: cheap where faces are large, finer only where needed.
+
+        The first key frame is searched at `side` (320 px for video). If it shows a face, so are the others,
+        and only key frames left without a face get a second look at `detect_side_fallback` (640 px: faces
+        down to about 5 % of the frame height). If it shows none, faces are small or absent: every key frame
+        is searched at the fine size at once, rather than paying for both passes.
+        """
+        fine = self.settings.detect_side_fallback
+        if fine <= side:
+            return self.detector.detect(frames, side)
+        first = self.detector.detect(frames[:1], side)
+        if not first[0]:
+            return self.detector.detect(frames, fine)
+        dets = first + self.detector.detect(frames[1:], side)
+        empty = [i for i, d in enumerate(dets) if not d]
+        if empty:
+            for i, found in zip(empty, self.detector.detect([frames[i] for i in empty], fine), strict=True):
+                dets[i] = found
+        return dets
 
     def classify(self, media: SampledMedia, faces: list[list[TrackedFace]]) -> StageResult:
         """Crop every face as each model's manifest says and score the crops with the whole ensemble."""

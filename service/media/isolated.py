@@ -173,7 +173,11 @@ def _child_main(
     def alloc(shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
         if int(np.prod(shape)) > capacity:
             raise DecodeFailed("the sampled frames do not fit the frame buffer")
-        return np.memmap(buffer_path, mode="r+", dtype=np.uint8, shape=shape)
+        # MAP_POPULATE maps the already allocated (reused) shared pages in one call, not one fault each.
+        n = int(np.prod(shape))
+        with open(buffer_path, "r+b") as fh:
+            region = mmap.mmap(fh.fileno(), n, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        return np.frombuffer(region, dtype=np.uint8).reshape(shape)
 
     try:
         media = decode_media(path, limits, alloc=alloc)
