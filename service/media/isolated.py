@@ -181,7 +181,8 @@ def _child_main(
 
     try:
         media = decode_media(path, limits, alloc=alloc)
-        conn.send(("ok", media.header, media.indices, media.times, media.scale, media.frames.shape))
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(("ok", media.header, media.indices, media.times, media.scale, media.frames.shape, peak_mb))
     except MediaError as exc:
         conn.send(("error", exc.code, exc.message))
     except MemoryError:
@@ -246,10 +247,13 @@ class DecodeJob:
         if msg[0] == "error":
             self.close()
             raise error_for_code(msg[1], msg[2])
-        _, header, indices, times, scale, shape = msg
+        _, header, indices, times, scale, shape, peak_mb = msg
         assert isinstance(header, MediaHeader) and self.buffer is not None
         frames = self.buffer.view(tuple(shape))
-        return SampledMedia(header=header, frames=frames, indices=indices, times=times, scale=scale)
+        extra = {"decoder_peak_rss_mb": float(peak_mb)}
+        return SampledMedia(
+            header=header, frames=frames, indices=indices, times=times, scale=scale, extra=extra
+        )
 
     def _reap(self) -> None:
         self.recv.close()
