@@ -502,11 +502,17 @@ def make_sample_clip(
 ) -> Path:
     """The benchmark clip: 1280x720, 30 fps, H.264, one moving face.
 
-    The default photo height (0.45 of the frame) gives a small face (about 9 % of the frame height); 0.95 gives
-    a talking-head close-up (about 20 %).
+    The default photo height (0.45 of the frame) gives a small face (about 9 % of the frame height); 0.95
+    gives a talking-head close-up (about 20 %).
     """
     return make_face_clip(
-        path, seconds=seconds, fps=30, width=1280, height=720, preset=preset, face_height_frac=face_height_frac
+        path,
+        seconds=seconds,
+        fps=30,
+        width=1280,
+        height=720,
+        preset=preset,
+        face_height_frac=face_height_frac,
     )
 
 
