@@ -96,6 +96,17 @@ class Settings(BaseSettings):
     review_threshold: float = Field(0.5, ge=0.0, le=1.0)
     flag_threshold: float = Field(0.8, ge=0.0, le=1.0)
 
+    # --- fetching media by URI (gateway `url`, worker events) --------------------------------------------
+    fetch_timeout_seconds: float = Field(30.0, gt=0, description="Whole-download limit for one URL.")
+    fetch_connect_timeout_seconds: float = Field(5.0, gt=0)
+    fetch_max_redirects: int = Field(3, ge=0)
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs exempt from the private-address (SSRF) refusal, e.g. an internal object "
+        "store; loopback only for tests.",
+    )
+    file_uri_root: Path | None = Field(None, description="file:// URIs are read only under this directory.")
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if self.review_threshold > self.flag_threshold:

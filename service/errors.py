@@ -11,6 +11,17 @@
     │   ├── MediaTooLong          media_too_long       422
     │   ├── DecodeFailed          decode_failed        422   (decoder crashed or ran out of time/memory)
     │   └── MediaNotFound         media_not_found      404   (no such file, or not a regular file)
+    ├── RequestError              (the request itself is wrong)
+    │   ├── InvalidRequest        invalid_request      400
+    │   ├── InvalidUrl            invalid_url          400   (malformed, or a scheme other than allowed)
+    │   ├── UrlNotAllowed         url_not_allowed      400   (resolves to a loopback/private/metadata address)
+    │   ├── Unauthorized          unauthorized         401
+    │   ├── Forbidden             forbidden            403
+    │   └── NotFound              not_found            404
+    ├── FetchFailed               fetch_failed         422   (URL not fetchable: refused, 4xx/5xx, DNS)
+    ├── OverCapacity              over_capacity        429   (retryable; Retry-After)
+    ├── BackendUnavailable        backend_unavailable  503   (retryable)
+    ├── DeadlineExceeded          deadline_exceeded    504   (retryable)
     └── InternalError             internal_error       500
 
 Adapters map these once (CLI exit codes, HTTP statuses, DLQ reasons); the core only raises them.
@@ -21,18 +32,29 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "BackendUnavailable",
     "CorruptMedia",
+    "DeadlineExceeded",
     "DecodeFailed",
     "EmptyMedia",
+    "FetchFailed",
+    "Forbidden",
     "InternalError",
+    "InvalidRequest",
+    "InvalidUrl",
     "MediaError",
     "MediaNotFound",
     "MediaTooLarge",
     "MediaTooLong",
     "ModerationError",
     "NoVideoStream",
+    "NotFound",
+    "OverCapacity",
+    "RequestError",
     "ResolutionTooHigh",
+    "Unauthorized",
     "UnsupportedMedia",
+    "UrlNotAllowed",
     "error_for_code",
 ]
 
@@ -98,6 +120,62 @@ class MediaNotFound(MediaError):
     http_status = 404
 
 
+class RequestError(ModerationError):
+    """The request is malformed or not allowed; the media was never looked at."""
+
+    http_status = 400
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class InvalidUrl(RequestError):
+    code = "invalid_url"
+
+
+class UrlNotAllowed(RequestError):
+    code = "url_not_allowed"
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    http_status = 404
+
+
+class FetchFailed(ModerationError):
+    code = "fetch_failed"
+    http_status = 422
+
+
+class OverCapacity(ModerationError):
+    code = "over_capacity"
+    http_status = 429
+    retryable = True
+
+
+class BackendUnavailable(ModerationError):
+    code = "backend_unavailable"
+    http_status = 503
+    retryable = True
+
+
+class DeadlineExceeded(ModerationError):
+    code = "deadline_exceeded"
+    http_status = 504
+    retryable = True
+
+
 class InternalError(ModerationError):
     code = "internal_error"
     http_status = 500
@@ -115,6 +193,16 @@ _BY_CODE: dict[str, type[ModerationError]] = {
         MediaTooLong,
         DecodeFailed,
         MediaNotFound,
+        InvalidRequest,
+        InvalidUrl,
+        UrlNotAllowed,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        FetchFailed,
+        OverCapacity,
+        BackendUnavailable,
+        DeadlineExceeded,
         InternalError,
     )
 }

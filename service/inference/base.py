@@ -7,13 +7,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from service.errors import BackendUnavailable
 from service.models.manifest import ModelManifest
 
 __all__ = ["BackendUnavailable", "InferenceBackend"]
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot serve now (e.g. a remote server is down); retryable by the caller."""
 
 
 class InferenceBackend(Protocol):
