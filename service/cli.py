@@ -66,6 +66,28 @@ def _models(settings: Any) -> tuple[Any, Any]:
     return build_detector(settings), build_backend(settings)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api import create_app
+    from service.config import Settings
+    from service.logs import configure
+
+    configure()
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=settings.workers + settings.max_queue + 64,
+    )
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     from service import __version__
 
@@ -82,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("path", help="video (mp4, mov, webm, mkv, avi) or image (jpeg, png, webp)")
     score.add_argument("--json", action="store_true", help="print the full result as one JSON object")
     score.set_defaults(func=_cmd_score)
+    serve = sub.add_parser("serve", help="run the HTTP gateway (FastAPI under uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=_cmd_serve)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
     return parser

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg frame threads per decode.")
     decode_timeout_seconds: float = Field(120.0, gt=0, description="Wall-clock limit of one isolated decode.")
     decode_memory_limit_mb: int = Field(
-        3072, ge=256, description="Address-space limit of the decoder process."
+        3072, ge=64, description="Address space the decoder process may map beyond what it inherits."
     )
     decode_isolation: Literal["process", "inline"] = Field(
         "process",
@@ -95,6 +95,26 @@ class Settings(BaseSettings):
     aggregation: Aggregation = "confident"
     review_threshold: float = Field(0.5, ge=0.0, le=1.0)
     flag_threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+    # --- gateway ----------------------------------------------------------------------------------------
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description='API key -> tenant, e.g. {"k1": "acme", "k2": "acme:read"} (":read": GET only). '
+        "Empty: authentication off, every caller is tenant `default` (the embedded default).",
+    )
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Requests scored concurrently."
+    )
+    max_queue: int = Field(16, ge=0, description="Admitted requests waiting for a worker; beyond: 429.")
+    request_timeout_seconds: float = Field(120.0, gt=0, description="Per-request deadline (504 past it).")
+    batch_max_wait_ms: float = Field(5.0, ge=0, description="Micro-batching: wait for other requests' crops.")
+    max_jobs: int = Field(10_000, ge=1, description="Async jobs kept (queued, running or finished).")
+    job_ttl_seconds: float = Field(3600.0, gt=0, description="Finished jobs are forgotten after this.")
+    callback_secret: str = Field(
+        "", description="HMAC-SHA256 key that signs callback bodies (X-Dfguard-Signature); empty: unsigned."
+    )
+    callback_max_attempts: int = Field(5, ge=1)
+    callback_timeout_seconds: float = Field(10.0, gt=0)
 
     # --- fetching media by URI (gateway `url`, worker events) --------------------------------------------
     fetch_timeout_seconds: float = Field(30.0, gt=0, description="Whole-download limit for one URL.")

@@ -17,6 +17,7 @@
     │   ├── UrlNotAllowed         url_not_allowed      400   (resolves to a loopback/private/metadata address)
     │   ├── Unauthorized          unauthorized         401
     │   ├── Forbidden             forbidden            403
+    │   ├── UnsupportedContentType  unsupported_content_type  415
     │   └── NotFound              not_found            404
     ├── FetchFailed               fetch_failed         422   (URL not fetchable: refused, 4xx/5xx, DNS)
     ├── OverCapacity              over_capacity        429   (retryable; Retry-After)
@@ -53,6 +54,7 @@ __all__ = [
     "RequestError",
     "ResolutionTooHigh",
     "Unauthorized",
+    "UnsupportedContentType",
     "UnsupportedMedia",
     "UrlNotAllowed",
     "error_for_code",
@@ -148,6 +150,11 @@ class Forbidden(RequestError):
     http_status = 403
 
 
+class UnsupportedContentType(RequestError):
+    code = "unsupported_content_type"
+    http_status = 415
+
+
 class NotFound(RequestError):
     code = "not_found"
     http_status = 404
@@ -199,6 +206,7 @@ _BY_CODE: dict[str, type[ModerationError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        UnsupportedContentType,
         FetchFailed,
         OverCapacity,
         BackendUnavailable,

@@ -15,10 +15,16 @@ __all__ = [
     "ErrorDetail",
     "FaceResult",
     "FrameResult",
+    "Health",
+    "JobAccepted",
+    "JobRequest",
+    "JobState",
+    "JobStatus",
     "MediaInfo",
     "MediaKind",
     "ModelRef",
     "ScoreResult",
+    "ScoreUrlRequest",
     "Timings",
 ]
 
@@ -86,3 +92,45 @@ class ErrorDetail(_Out):
 
 class ErrorBody(_Out):
     error: ErrorDetail
+
+
+# --- gateway requests and jobs ---------------------------------------------------------------------------
+
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreUrlRequest(_In):
+    """Score media that the service fetches itself (http/https; private addresses are refused)."""
+
+    url: str = Field(min_length=1, max_length=4096, description="http(s) URL of the video or image.")
+
+
+class JobRequest(_In):
+    url: str = Field(min_length=1, max_length=4096, description="http(s) URL of the video or image.")
+    callback_url: str | None = Field(
+        None, max_length=4096, description="Receives the finished job by POST (signed, retried)."
+    )
+
+
+class JobAccepted(_Out):
+    job_id: str
+    status: JobState
+    status_url: str
+
+
+class JobStatus(_Out):
+    job_id: str
+    status: JobState
+    created_at: str
+    updated_at: str
+    result: ScoreResult | None = None
+    error: ErrorDetail | None = None
+
+
+class Health(_Out):
+    status: Literal["ok", "unavailable"]
+    detail: str = ""

@@ -153,6 +153,11 @@ def buffer_capacity(limits: MediaLimits) -> int:
     return limits.frames_per_video * limits.max_working_side * limits.max_working_side * 3
 
 
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _child_main(
     conn: multiprocessing.connection.Connection,
     path: str,
@@ -167,7 +172,9 @@ def _child_main(
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    mem = memory_mb * 1024 * 1024
+    # The budget is address space on top of what the child inherited: a fork of a large server (models,
+    # pooled frame buffers) must not start over its limit, and a forkserver child starts small anyway.
+    mem = _address_space_bytes() + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 
     def alloc(shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:

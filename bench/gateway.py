@@ -1,0 +1,181 @@
+"""Gateway benchmark: a real `dfguard serve` process under concurrent clients, against the bare pipeline.
+
+    python -m bench.gateway --video PATH [--clients 8] [--requests 48] [--json]
+
+Phases, all on 127.0.0.1: (1) the bare pipeline's videos/s in one process (`bench.pipeline` method, fewer
+runs); (2) `--clients` closed-loop clients each uploading the clip until `--requests` are answered, after 2
+warm-up requests: throughput, p50/p95/p99, status counts; (3) overload: `--overload-clients` clients against a
+gateway limited to `workers + max_queue` admitted requests: 429s expected, 5xx never, server RSS before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.common import percentile, platform_info
+from service.config import Settings
+from service.pipeline import Pipeline
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        exe = str(Path(sys.executable).with_name("dfguard"))
+        self.proc = subprocess.Popen(
+            [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("dfguard serve did not become ready")
+
+    def rss_mb(self) -> float:
+        p = psutil.Process(self.proc.pid)
+        return float(sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])) / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _drive(url: str, video: Path, clients: int, total: int) -> tuple[list[float], Counter[int], float]:
+    data = video.read_bytes()
+
+    def one(client: httpx.Client) -> tuple[int, float]:
+        t = time.perf_counter()
+        r = client.post(f"{url}/v1/score", files={"file": (video.name, data)}, timeout=300)
+        return r.status_code, time.perf_counter() - t
+
+    latencies: list[float] = []
+    codes: Counter[int] = Counter()
+    remaining = [total]
+
+    def worker() -> None:
+        with httpx.Client() as client:
+            while True:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+                code, dt = one(client)
+                codes[code] += 1
+                if code == 200:
+                    latencies.append(dt)
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(worker) for _ in range(clients)]:
+            f.result()
+    return latencies, codes, time.perf_counter() - started
+
+
+def run(video: Path, clients: int, requests: int, overload_clients: int) -> dict[str, Any]:
+    pipeline = Pipeline.from_settings(Settings())
+    for _ in range(2):
+        pipeline.score_file(video)
+    base = []
+    for _ in range(7):
+        t = time.perf_counter()
+        pipeline.score_file(video)
+        base.append(time.perf_counter() - t)
+    pipeline_vps = 1 / statistics.median(base)
+
+    server = _Server({})
+    try:
+        _drive(server.url, video, 2, 2)  # warm-up
+        lat, codes, wall = _drive(server.url, video, clients, requests)
+        ok = codes[200]
+        steady = {
+            "videos_per_s": round(ok / wall, 3),
+            "ratio_to_pipeline": round((ok / wall) / pipeline_vps, 3),
+            "p50_ms": round(percentile(lat, 50) * 1000, 1),
+            "p95_ms": round(percentile(lat, 95) * 1000, 1),
+            "p99_ms": round(percentile(lat, 99) * 1000, 1),
+            "p99_over_p50": round(percentile(lat, 99) / percentile(lat, 50), 2),
+            "status_counts": {str(k): v for k, v in sorted(codes.items())},
+            "server_5xx": sum(v for k, v in codes.items() if k >= 500),
+            "server_rss_mb": round(server.rss_mb(), 1),
+        }
+    finally:
+        server.stop()
+
+    limited = {"DFG_WORKERS": "2", "DFG_MAX_QUEUE": "4"}
+    server = _Server(limited)
+    try:
+        _drive(server.url, video, 2, 2)
+        rss_before = server.rss_mb()
+        lat, codes, wall = _drive(server.url, video, overload_clients, overload_clients * 6)
+        rss_after = server.rss_mb()
+        overload = {
+            "clients": overload_clients,
+            "settings": limited,
+            "status_counts": {str(k): v for k, v in sorted(codes.items())},
+            "server_5xx": sum(v for k, v in codes.items() if k >= 500),
+            "accepted_p50_ms": round(percentile(lat, 50) * 1000, 1) if lat else None,
+            "server_rss_mb_before": round(rss_before, 1),
+            "server_rss_mb_after": round(rss_after, 1),
+        }
+    finally:
+        server.stop()
+    return {
+        **steady,
+        "pipeline_videos_per_s": round(pipeline_vps, 3),
+        "overload": overload,
+        "parameters": {
+            "video": str(video),
+            "clients": clients,
+            "requests": requests,
+            "pipeline_runs": len(base),
+            "settings": "defaults (DFG_* unset)",
+        },
+        "platform": platform_info(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", type=Path, required=True)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=48)
+    p.add_argument("--overload-clients", type=int, default=24)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    out = run(args.video, args.clients, args.requests, args.overload_clients)
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

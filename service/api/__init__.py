@@ -1,0 +1,5 @@
+"""The HTTP gateway (FastAPI): `create_app` is its composition root."""
+
+from service.api.app import create_app
+
+__all__ = ["create_app"]

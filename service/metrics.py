@@ -1,0 +1,64 @@
+"""Every Prometheus metric dfguard exports, defined once (prefix `dfguard_`, base units, `_total` counters).
+
+Labels carry routes, stages, models, codes and outcomes, never ids. The gateway serves them on `/metrics`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "BATCH_SIZE",
+    "DECISIONS",
+    "ERRORS",
+    "INFERENCE_CALLS",
+    "INFERENCE_DURATION",
+    "IN_FLIGHT",
+    "MODEL_INFO",
+    "QUEUE_DEPTH",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "STAGE_DURATION",
+    "observe_result",
+]
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+REQUESTS = Counter("dfguard_http_requests_total", "HTTP requests answered.", ["route", "method", "code"])
+REQUEST_DURATION = Histogram(
+    "dfguard_http_request_duration_seconds",
+    "HTTP request latency, from the first byte received to the response.",
+    ["route", "method", "code"],
+    buckets=_LATENCY_BUCKETS,
+)
+STAGE_DURATION = Histogram(
+    "dfguard_stage_duration_seconds",
+    "Time spent in one stage of the scoring pipeline.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "dfguard_inference_batch_size",
+    "Face crops per inference backend call (after cross-request micro-batching).",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256),
+)
+INFERENCE_CALLS = Counter("dfguard_inference_calls_total", "Inference backend calls.", ["backend", "model"])
+INFERENCE_DURATION = Histogram(
+    "dfguard_inference_duration_seconds",
+    "Latency of one inference backend call.",
+    ["backend", "model"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("dfguard_queue_depth", "Scoring requests admitted and waiting for a worker.")
+IN_FLIGHT = Gauge("dfguard_in_flight_requests", "Scoring requests being processed by a worker.")
+DECISIONS = Counter("dfguard_decisions_total", "Verdicts by outcome.", ["decision"])
+ERRORS = Counter("dfguard_errors_total", "Errors reported to callers, by error code.", ["code"])
+MODEL_INFO = Gauge("dfguard_model_info", "The models being served (value 1).", ["name", "version"])
+
+
+def observe_result(decision: str, timings_ms: dict[str, float]) -> None:
+    """Count one verdict and its stage timings."""
+    DECISIONS.labels(decision=decision).inc()
+    for stage, ms in timings_ms.items():
+        STAGE_DURATION.labels(stage=stage).observe(ms / 1000)

@@ -1,0 +1,104 @@
+"""Real servers on loopback for tests: the dfguard gateway under uvicorn, and a small HTTP server that plays
+a media host and a callback receiver."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from service.api import create_app
+from service.config import Settings
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway(settings: Settings) -> Iterator[tuple[str, Any]]:
+    """Run the gateway app on 127.0.0.1 in a thread; yield (base_url, app)."""
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+class MediaHost:
+    """Serves files and redirects, and records POSTed callbacks, on a loopback address."""
+
+    def __init__(self, host: str, files: dict[str, Path]) -> None:
+        self.files = files
+        self.redirects: dict[str, str] = {}
+        self.callbacks: list[tuple[dict[str, str], bytes]] = []
+        self.fail_callbacks = 0  # answer this many callbacks with 500 first
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.end_headers()
+                    return
+                f = outer.files.get(self.path)
+                if f is None:
+                    self.send_error(404)
+                    return
+                data = f.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.callbacks.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if outer.fail_callbacks > 0:
+                    outer.fail_callbacks -= 1
+                    self.send_error(500)
+                    return
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer((host, free_port(host)), Handler)
+        self.base = f"http://{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_callbacks(self, n: int, timeout: float = 20) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.callbacks) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return [json.loads(b) for _, b in self.callbacks]
