@@ -1,4 +1,5 @@
-# The two commands: `make run` (set up, then score a generated sample clip on the embedded defaults)
+# The two commands: `make run` (set up, score a generated sample clip, then serve the gateway on the
+# embedded defaults)
 # and `make test` (set up, then lint, type-check and run every test). Both are idempotent.
 SAMPLE := .cache/sample.mp4
 VENV := .venv/bin
@@ -15,6 +16,7 @@ $(SAMPLE): | setup
 run: setup $(SAMPLE)
 	$(VENV)/dfguard score $(SAMPLE)
 	$(VENV)/dfguard score --json $(SAMPLE)
+	$(VENV)/dfguard serve --host 127.0.0.1 --port 8080
 
 lint: setup
 	$(VENV)/ruff check service bench tests scripts
@@ -31,3 +33,4 @@ test: setup lint
 
 bench: setup $(SAMPLE)
 	$(VENV)/python -m bench.pipeline --video $(SAMPLE) --json
+	$(VENV)/python -m bench.gateway --video $(SAMPLE) --json

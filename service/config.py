@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(120.0, gt=0, description="Per-request deadline (504 past it).")
     batch_max_wait_ms: float = Field(5.0, ge=0, description="Micro-batching: wait for other requests' crops.")
     max_jobs: int = Field(10_000, ge=1, description="Async jobs kept (queued, running or finished).")
+    max_pending_jobs: int = Field(
+        64, ge=1, description="Async jobs queued or running (their media waits on disk); beyond: 429."
+    )
     job_ttl_seconds: float = Field(3600.0, gt=0, description="Finished jobs are forgotten after this.")
     callback_secret: str = Field(
         "", description="HMAC-SHA256 key that signs callback bodies (X-Dfguard-Signature); empty: unsigned."

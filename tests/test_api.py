@@ -319,3 +319,13 @@ def test_backend_gone_is_503(face_clip: Path) -> None:
         resp = _upload(url, face_clip)
         assert resp.status_code == 503 and _error(resp) == "backend_unavailable"
         assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_pending_jobs_are_bounded(face_clip: Path) -> None:
+    with gateway(Settings(max_pending_jobs=1, workers=1)) as (url, _):
+        codes = []
+        for _ in range(3):
+            with open(face_clip, "rb") as fh:
+                resp = httpx.post(f"{url}/v1/jobs", files={"file": ("f.mp4", fh)}, timeout=30)
+            codes.append(resp.status_code)
+        assert codes[0] == 202 and 429 in codes[1:], codes

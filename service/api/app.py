@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     )
     app.state.settings = settings
     app.state.fetch_policy = FetchPolicy.from_settings(settings)
-    app.state.jobs = JobStore(settings.max_jobs, settings.job_ttl_seconds)
+    app.state.jobs = JobStore(settings.max_jobs, settings.job_ttl_seconds, settings.max_pending_jobs)
     app.state.tasks = set()
     app.include_router(score.router, tags=["scoring"])
     app.include_router(jobs.router, tags=["jobs"])

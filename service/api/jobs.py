@@ -70,8 +70,9 @@ class Job:
 
 
 class JobStore:
-    def __init__(self, max_jobs: int, ttl_seconds: float) -> None:
+    def __init__(self, max_jobs: int, ttl_seconds: float, max_pending: int) -> None:
         self.max_jobs = max_jobs
+        self.max_pending = max_pending
         self.ttl = ttl_seconds
         self._jobs: dict[str, Job] = {}
 
@@ -89,6 +90,8 @@ class JobStore:
         self._purge()
         if len(self._jobs) >= self.max_jobs:
             raise OverCapacity(f"{self.max_jobs} jobs are pending or recent; retry later")
+        if sum(j.finished_monotonic is None for j in self._jobs.values()) >= self.max_pending:
+            raise OverCapacity(f"{self.max_pending} jobs are queued or running; retry later")
         job = Job(id=uuid.uuid4().hex, tenant=tenant, callback_url=callback_url)
         self._jobs[job.id] = job
         return job
