@@ -88,6 +88,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service.config import Settings
+    from service.models import DEFAULT_MANIFEST
+    from service.triton.repo import RepoOptions, build_repo
+
+    settings = Settings()
+    manifests = [Path(p) for p in args.models] or list(settings.model_paths) or [DEFAULT_MANIFEST]
+    options = RepoOptions(
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_microseconds=args.max_queue_delay_us,
+        instances=args.instances,
+        cpu_threads=settings.inference_threads,
+    )
+    out = build_repo(manifests, Path(args.out), args.target, options, copy_models=not args.configs_only)
+    print(f"wrote the {args.target} model repository for {len(manifests)} model(s) to {out}")
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     from service import __version__
 
@@ -108,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(func=_cmd_serve)
+    triton = sub.add_parser("triton", help="Triton Inference Server helpers")
+    triton_sub = triton.add_subparsers(dest="triton_command", required=True)
+    build = triton_sub.add_parser("build-repo", help="generate the model repository from model manifests")
+    build.add_argument("--target", choices=["gpu", "cpu"], required=True)
+    build.add_argument("--out", default="model_repository")
+    build.add_argument(
+        "--models", nargs="*", default=[], help="manifests (default: DFG_MODEL_PATHS or bundled)"
+    )
+    build.add_argument("--max-queue-delay-us", type=int, default=2000)
+    build.add_argument("--instances", type=int, default=1)
+    build.add_argument("--configs-only", action="store_true", help="gpu: no ONNX copies (committed layout)")
+    build.set_defaults(func=_cmd_triton_build_repo)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
     return parser

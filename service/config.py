@@ -81,7 +81,17 @@ class Settings(BaseSettings):
     )
 
     # --- classifier and decision -------------------------------------------------------------------
-    backend: Literal["onnxruntime"] = "onnxruntime"
+    backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime",
+        description="`onnxruntime`: embedded, in-process; `triton`: a Triton server (triton_url).",
+    )
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint (host:port).")
+    triton_timeout_seconds: float = Field(10.0, gt=0, description="Per inference call.")
+    triton_retries: int = Field(2, ge=0, description="Retries of a call that failed transiently.")
+    triton_breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
+    triton_breaker_reset_seconds: float = Field(
+        10.0, gt=0, description="How long an open circuit fails fast."
+    )
     model_paths: list[Path] = Field(
         default_factory=list,
         description="Manifest files (model.json) of the models to serve; empty: the bundled default model.",

@@ -44,11 +44,20 @@ def build_detector(s: Settings) -> FaceDetector:
 
 
 def build_backend(s: Settings) -> InferenceBackend:
-    return OnnxRuntimeBackend(
-        list(s.model_paths) or [DEFAULT_MANIFEST],
-        threads=s.inference_threads,
-        max_batch_size=s.max_batch_size,
-    )
+    manifests = list(s.model_paths) or [DEFAULT_MANIFEST]
+    if s.backend == "triton":
+        from service.inference.triton import TritonBackend  # the gRPC client only where it is used
+
+        return TritonBackend(
+            manifests,
+            s.triton_url,
+            timeout_seconds=s.triton_timeout_seconds,
+            retries=s.triton_retries,
+            breaker_failures=s.triton_breaker_failures,
+            breaker_reset_seconds=s.triton_breaker_reset_seconds,
+            max_batch_size=s.max_batch_size,
+        )
+    return OnnxRuntimeBackend(manifests, threads=s.inference_threads, max_batch_size=s.max_batch_size)
 
 
 @dataclass(frozen=True)
@@ -140,15 +149,17 @@ class Pipeline:
         for m in self.models:
             margin = self.settings.crop_margin if self.settings.crop_margin is not None else m.crop_margin
             groups[(m.input_size, margin, m.resize)].append(m)
-        scores: dict[str, npt.NDArray[np.float32]] = {}
+        crops_by_model: dict[str, npt.NDArray[np.uint8]] = {}
         for (size, margin, resize), members in groups.items():
             crops = np.empty((len(flat), size, size, 3), dtype=np.uint8)
             for i, face in enumerate(flat):
                 crops[i] = crop_face(media.frames[face.frame], face.box, margin, size, resize)  # type: ignore[arg-type]
             for m in members:
-                scores[m.name] = (
-                    self.backend.predict(m.name, crops) if flat else np.empty(0, dtype=np.float32)
-                )
+                crops_by_model[m.name] = crops
+        if flat:
+            scores = self.backend.predict_many(crops_by_model)
+        else:
+            scores = {name: np.empty(0, dtype=np.float32) for name in crops_by_model}
         ordered = {m.name: scores[m.name] for m in self.models}
         mean = np.mean(np.stack(list(ordered.values())), axis=0) if flat else np.empty(0, np.float32)
         return StageResult(faces, crop_frames, ordered, mean.astype(np.float32))

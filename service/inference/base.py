@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +29,12 @@ class InferenceBackend(Protocol):
 
         `crops` are (N, S, S, 3) uint8 RGB, cropped and resized as the model's manifest says.
         """
+        ...
+
+    def predict_many(
+        self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """Every listed model on its crops in one go (one ensemble call where the backend has one)."""
         ...
 
     def ready(self) -> bool:

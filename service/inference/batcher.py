@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -60,6 +61,11 @@ class MicroBatchingBackend:
         call = _Call(model, crops)
         self._queue.put(call)
         return call.future.result()
+
+    def predict_many(
+        self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        return {name: self.predict(name, crops) for name, crops in crops_by_model.items()}
 
     def close(self) -> None:
         """Stop batching; calls already queued are still served, later ones get `BackendUnavailable`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from service.faces.detector import ort_session
+from service.inference.prepare import prepare, to_probability
 from service.models.manifest import ModelManifest, load_manifest
 
 __all__ = ["OnnxRuntimeBackend"]
-
-
-def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
 class OnnxRuntimeBackend:
@@ -43,30 +41,24 @@ class OnnxRuntimeBackend:
     def ready(self) -> bool:
         return len(self._sessions) == len(self._manifests)
 
-    def _prepare(self, m: ModelManifest, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
-        x: npt.NDArray[np.generic] = crops
-        if m.input_dtype == "float32":
-            f: npt.NDArray[np.float32] = crops.astype(np.float32) * np.float32(1 / 255)
-            if not m.normalization_in_graph:
-                mean = np.asarray(m.mean, dtype=np.float32)
-                std = np.asarray(m.std, dtype=np.float32)
-                f = np.divide(np.subtract(f, mean, dtype=np.float32), std, dtype=np.float32)
-            x = f
-        if m.input_layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return x
-
     def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        m = next(mm for mm in self._manifests if mm.name == model)
-        if crops.ndim != 4 or crops.shape[1:] != (m.input_size, m.input_size, 3):
-            raise ValueError(
-                f"{model} expects (N, {m.input_size}, {m.input_size}, 3) crops, got {crops.shape}"
-            )
+        m = self._manifest(model)
+        x = prepare(m, crops)
         session = self._sessions[model]
         out = np.empty(len(crops), dtype=np.float32)
         for start in range(0, len(crops), self.max_batch_size):
-            chunk = crops[start : start + self.max_batch_size]
-            (y,) = session.run([m.output_name], {m.input_name: self._prepare(m, chunk)})
-            y = np.asarray(y, dtype=np.float32).reshape(len(chunk), -1)[:, -1]
-            out[start : start + len(chunk)] = _sigmoid(y) if m.output == "logit" else y
+            chunk = x[start : start + self.max_batch_size]
+            (y,) = session.run([m.output_name], {m.input_name: chunk})
+            out[start : start + len(chunk)] = to_probability(m, y, len(chunk))
         return out
+
+    def predict_many(
+        self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        return {name: self.predict(name, crops) for name, crops in crops_by_model.items()}
+
+    def _manifest(self, model: str) -> ModelManifest:
+        for m in self._manifests:
+            if m.name == model:
+                return m
+        raise KeyError(f"unknown model {model}")

@@ -1,0 +1,212 @@
+"""Triton backend: the same `InferenceBackend`, served by NVIDIA Triton over gRPC (asyncio client).
+
+Crops are prepared exactly as the embedded backend prepares them (`prepare.py`) and sent per request in
+batches of at most `max_batch_size`; `predict_many` scores the whole ensemble in one call to `ensemble`.
+The asyncio client runs on a private event loop thread, so the pipeline's worker threads can call it like the
+embedded backend. Outages are bounded: each call has a timeout, transient failures (unavailable, deadline,
+exhausted) are retried with backoff, and after `breaker_failures` consecutive failures a circuit breaker
+fails calls at once with `BackendUnavailable` (503 at the gateway) for `breaker_reset_seconds`, then lets one
+call probe the server again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from service.errors import BackendUnavailable, InternalError
+from service.inference.prepare import input_groups, prepare, to_probability
+from service.models.manifest import ModelManifest
+from service.triton.repo import ENSEMBLE, score_output
+
+__all__ = ["CircuitBreaker", "TritonBackend"]
+
+T = TypeVar("T")
+
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "UNKNOWN")
+
+
+class CircuitBreaker:
+    """Closed -> open after `failures` consecutive failures -> half-open after `reset_seconds` (one probe)."""
+
+    def __init__(self, failures: int, reset_seconds: float) -> None:
+        self.failures = failures
+        self.reset_seconds = reset_seconds
+        self._count = 0
+        self._opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._opened_at is not None and time.monotonic() - self._opened_at < self.reset_seconds
+
+    def before_call(self) -> None:
+        with self._lock:
+            if self._opened_at is None:
+                return
+            if time.monotonic() - self._opened_at < self.reset_seconds:
+                raise BackendUnavailable("Triton is unavailable (circuit open); retry later")
+            self._opened_at = time.monotonic()  # half-open: this call probes, the others wait another period
+
+    def success(self) -> None:
+        with self._lock:
+            self._count, self._opened_at = 0, None
+
+    def failure(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._count >= self.failures:
+                self._opened_at = time.monotonic()
+
+
+def _transient(exc: InferenceServerException) -> bool:
+    status = str(exc.status() or "")
+    message = str(exc.message() or "")
+    return any(s in status for s in _TRANSIENT) or "not ready" in message or "unavailable" in message.lower()
+
+
+class TritonBackend:
+    name = "triton"
+
+    def __init__(
+        self,
+        manifest_paths: list[Path],
+        url: str,
+        *,
+        timeout_seconds: float = 10.0,
+        retries: int = 2,
+        breaker_failures: int = 5,
+        breaker_reset_seconds: float = 10.0,
+        max_batch_size: int = 64,
+        ensemble: str = ENSEMBLE,
+    ) -> None:
+        if not manifest_paths:
+            raise ValueError("at least one model manifest is required")
+        # Only the manifests are needed here: the model files live on the Triton server.
+        self._manifests = [ModelManifest.model_validate_json(Path(p).read_bytes()) for p in manifest_paths]
+        self.url = url
+        self.timeout = timeout_seconds
+        self.retries = retries
+        self.max_batch_size = max_batch_size
+        self.ensemble = ensemble
+        self.breaker = CircuitBreaker(breaker_failures, breaker_reset_seconds)
+        self._groups = input_groups(self._manifests)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dfguard-triton", daemon=True)
+        self._thread.start()
+        self._client: Any = self._submit(self._make_client(), timeout=10)
+
+    async def _make_client(self) -> Any:
+        return grpcclient.InferenceServerClient(self.url)
+
+    @property
+    def models(self) -> list[ModelManifest]:
+        return list(self._manifests)
+
+    def _submit(self, coro: Awaitable[T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.05
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            self.breaker.before_call()
+            try:
+                result = self._submit(make(), timeout=self.timeout + 1)
+            except InferenceServerException as exc:
+                if not _transient(exc):
+                    self.breaker.success()  # the server answered: it is up, the request was wrong
+                    raise InternalError(f"Triton refused the request: {exc.message()}") from exc
+                last = exc
+            except (TimeoutError, OSError) as exc:
+                last = exc
+            else:
+                self.breaker.success()
+                return result
+            self.breaker.failure()
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay *= 4
+        raise BackendUnavailable(f"Triton at {self.url} is unavailable: {last}") from last
+
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        async def run() -> dict[str, np.ndarray]:
+            req = []
+            for name, x in inputs.items():
+                t = grpcclient.InferInput(name, list(x.shape), np_to_triton_dtype(x.dtype))
+                t.set_data_from_numpy(x)
+                req.append(t)
+            outs = [grpcclient.InferRequestedOutput(o) for o in outputs]
+            res = await self._client.infer(model, req, outputs=outs, client_timeout=self.timeout)
+            return {o: res.as_numpy(o) for o in outputs}
+
+        return self._call(run)
+
+    def _manifest(self, model: str) -> ModelManifest:
+        for m in self._manifests:
+            if m.name == model:
+                return m
+        raise KeyError(f"unknown model {model}")
+
+    def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """One member model, called directly (batches of at most `max_batch_size`)."""
+        m = self._manifest(model)
+        x = prepare(m, crops)
+        out = np.empty(len(crops), dtype=np.float32)
+        for start in range(0, len(crops), self.max_batch_size):
+            chunk = np.ascontiguousarray(x[start : start + self.max_batch_size])
+            y = self._infer(m.name, {m.input_name: chunk}, [m.output_name])[m.output_name]
+            out[start : start + len(chunk)] = to_probability(m, y, len(chunk))
+        return out
+
+    def predict_many(
+        self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """The whole ensemble in one call per batch; any other subset model by model."""
+        if set(crops_by_model) != {m.name for m in self._manifests}:
+            return {name: self.predict(name, crops) for name, crops in crops_by_model.items()}
+        n = len(next(iter(crops_by_model.values())))
+        prepared = {
+            name: prepare(members[0], crops_by_model[members[0].name]) for name, members in self._groups
+        }
+        outputs = [score_output(m.name) for m in self._manifests]
+        scores = {m.name: np.empty(n, dtype=np.float32) for m in self._manifests}
+        for start in range(0, n, self.max_batch_size):
+            stop = min(n, start + self.max_batch_size)
+            inputs = {k: np.ascontiguousarray(v[start:stop]) for k, v in prepared.items()}
+            got = self._infer(self.ensemble, inputs, outputs)
+            for m in self._manifests:
+                scores[m.name][start:stop] = to_probability(m, got[score_output(m.name)], stop - start)
+        return scores
+
+    def ready(self) -> bool:
+        """Server live and the ensemble ready, asked once without retries (readiness probes must be quick)."""
+        if self.breaker.is_open:
+            return False
+
+        async def check() -> bool:
+            return bool(await self._client.is_server_ready()) and bool(
+                await self._client.is_model_ready(self.ensemble)
+            )
+
+        try:
+            return self._submit(check(), timeout=min(self.timeout, 2.0))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+
+    def close(self) -> None:
+        try:
+            self._submit(self._client.close(), timeout=5)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
