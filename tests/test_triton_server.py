@@ -1,0 +1,216 @@
+"""A real tritonserver (from .cache/triton-venv, see scripts/setup_triton.sh) with one Python-backend model:
+readiness, HTTP and gRPC inference, the metrics endpoint, loopback-only binding, crash and restart on the
+same ports, and a failing model load reported with the server's log."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.triton.server import DEFAULT_VENV, TritonServer, find_pytriton
+
+pytestmark = pytest.mark.triton
+
+MODEL = "row_mean"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+
+CONFIG = f"""
+name: "{MODEL}"
+backend: "python"
+max_batch_size: 16
+input [ {{ name: "INPUT" data_type: TYPE_UINT8 dims: [ 4 ] }} ]
+output [ {{ name: "MEAN" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 20000 }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+MODEL_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # numpy 2 in the stub's environment makes outputs silently empty: fail loudly instead.
+        if int(np.__version__.split(".")[0]) >= 2:
+            raise RuntimeError(f"numpy {np.__version__} in the stub environment; need numpy<2")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            y = x.astype(np.float32).mean(axis=1, keepdims=True)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("MEAN", y)]))
+        return responses
+'''
+
+
+def _write_model(repo: Path, name: str, config: str, model_py: str) -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    (repo / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with _OPENER.open(url, timeout=10) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _infer(server: TritonServer, rows: list[list[int]]) -> dict[str, Any]:
+    body = {
+        "inputs": [
+            {
+                "name": "INPUT",
+                "shape": [len(rows), 4],
+                "datatype": "UINT8",
+                "data": [v for row in rows for v in row],
+            }
+        ],
+        "outputs": [{"name": "MEAN"}],
+    }
+    req = urllib.request.Request(
+        f"{server.http_url}/v2/models/{MODEL}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with _OPENER.open(req, timeout=10) as resp:
+        out: dict[str, Any] = json.loads(resp.read())
+    return out
+
+
+def _inference_count(server: TritonServer) -> int:
+    status, text = _get(server.metrics_url)
+    assert status == 200
+    m = re.search(rf'^nv_inference_count\{{[^}}]*model="{MODEL}"[^}}]*\}} (\d+)', text, re.M)
+    assert m, f"nv_inference_count for {MODEL} missing from metrics:\n{text[:2000]}"
+    return int(m.group(1))
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses in LISTEN state on `port`, from /proc/net (hex as the kernel writes it)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(addr)
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("triton-repo")
+    _write_model(repo, MODEL, CONFIG, MODEL_PY)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    try:
+        find_pytriton(DEFAULT_VENV)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    srv = TritonServer(model_repo, log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log")
+    with srv:
+        yield srv
+
+
+def test_import_is_stdlib_only() -> None:
+    code = "import sys, service.triton.server; sys.exit(bool({'numpy', 'tritonclient'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_ready_and_bound_to_loopback_only(server: TritonServer) -> None:
+    assert server.running() and server.startup_seconds is not None
+    assert _get(f"{server.http_url}/v2/health/ready")[0] == 200
+    assert _get(f"{server.http_url}/v2/models/{MODEL}/ready")[0] == 200
+    for port in (server.http_port, server.grpc_port, server.metrics_port):
+        assert _listening_addresses(port) == {"0100007F"}, port  # 127.0.0.1, nothing on 0.0.0.0 / ::
+
+
+def test_http_inference(server: TritonServer) -> None:
+    out = _infer(server, [[0, 1, 2, 3], [10, 20, 30, 40]])
+    (mean,) = out["outputs"]
+    assert mean["name"] == "MEAN" and mean["datatype"] == "FP32"
+    assert mean["shape"] == [2, 1]  # an empty tensor here means numpy 2 reached the stub
+    assert mean["data"] == pytest.approx([1.5, 25.0])
+
+
+def test_grpc_inference_batches_concurrent_requests(server: TritonServer) -> None:
+    np = pytest.importorskip("numpy")
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    results: list[Any] = [None] * 8
+
+    def call(i: int) -> None:
+        x = np.full((1, 4), i * 10, dtype=np.uint8)
+        inp = grpcclient.InferInput("INPUT", [1, 4], "UINT8")
+        inp.set_data_from_numpy(x)
+        results[i] = client.infer(MODEL, [inp]).as_numpy("MEAN")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, y in enumerate(results):
+        assert y is not None and y.shape == (1, 1) and float(y[0, 0]) == i * 10
+    after = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    requests = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert requests == 8 and 1 <= executions <= 8  # the dynamic batcher may merge them (20 ms window)
+    client.close()
+
+
+def test_metrics_count_inferences(server: TritonServer) -> None:
+    before = _inference_count(server)
+    _infer(server, [[1, 1, 1, 1]] * 3)
+    assert _inference_count(server) == before + 3  # counts rows (batch items), not requests
+
+
+def test_crash_and_restart_on_same_ports(server: TritonServer) -> None:
+    ports = (server.http_port, server.grpc_port, server.metrics_port)
+    server.kill()
+    assert not server.running()
+    with pytest.raises(urllib.error.URLError):
+        _OPENER.open(f"{server.http_url}/v2/health/ready", timeout=2)
+    server.start()
+    assert (server.http_port, server.grpc_port, server.metrics_port) == ports
+    assert _infer(server, [[4, 4, 4, 8]])["outputs"][0]["data"] == pytest.approx([5.0])
+    assert _inference_count(server) == 1  # a fresh process: counters restart
+
+
+def test_failed_model_load_reports_log(tmp_path: Path) -> None:
+    try:
+        find_pytriton(DEFAULT_VENV)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    broken = CONFIG.replace(f'"{MODEL}"', '"broken"')
+    model_py = MODEL_PY.replace("def execute", "def unused").replace(
+        "        if int(", "        raise RuntimeError('boom-on-purpose')\n        if int("
+    )
+    _write_model(tmp_path / "repo", "broken", broken, model_py)
+    srv = TritonServer(tmp_path / "repo", workdir=tmp_path / "work")
+    with pytest.raises(RuntimeError, match="boom-on-purpose"):
+        srv.start(timeout=30)
+    assert not srv.running()
