@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything dfguard needs on a fresh Debian machine, idempotently:
-# system packages (only when missing), the virtual environment at .venv, the project with its dev extra.
+# system packages (only when missing), the virtual environment at .venv, the project with its dev extra,
+# and the Triton server's own environment (.cache/triton-venv, scripts/setup_triton.sh).
 # Re-running is cheap: pip runs again only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/dfg
   .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+# The real Triton server for the `triton` tests and local CPU serving lives in its own venv (numpy<2).
+PYTHON="$PY" bash scripts/setup_triton.sh
 echo "setup: ready ($(.venv/bin/python --version), dfguard $(.venv/bin/dfguard version))"

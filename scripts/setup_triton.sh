@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Create the server-side environment for a real Triton Inference Server on CPU, idempotently:
 # a SEPARATE venv at .cache/triton-venv with nvidia-pytriton (which bundles the tritonserver 2.51 binary and its
-# Python backend), numpy<2 and onnxruntime. It is separate from .venv because the Python backend's stub returns
-# empty tensors under numpy 2, while the service itself runs on numpy 2 (see docs in shared/notes/triton-cpu.md).
+# Python backend), numpy<2 and onnxruntime. It is separate from .venv because Python-backend models return empty
+# tensors when the stub's environment has numpy 2, while the service itself runs on numpy 2.
+# service/triton/server.py launches the binary from here; tests marked `triton` need it.
 # Re-running is cheap: pip runs again only when the requirements or the interpreter changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.cache/triton-venv
-# onnxruntime is pinned to a release verified to import and run with numpy 1.26 on Python 3.11.
+# onnxruntime is pinned to the release dfguard's own venv uses; verified to import and run with numpy 1.26.
 REQS=("nvidia-pytriton==0.7.0" "numpy<2" "onnxruntime==1.32.0")
 
 "$PY" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || {
@@ -28,14 +29,14 @@ if not any(libdir.glob(name + "*")):
              "or use a Python built with --enable-shared")
 PYEOF
 
-want=$(
-  { printf '%s\n' "${REQS[@]}"; "$PY" -c 'import sys; print(sys.version, sys.base_prefix)'; } | sha256sum | cut -d' ' -f1
-)
+py_id() { "$1" -c 'import sys; print(sys.version, sys.base_prefix)' 2>/dev/null; }
+want=$({ printf '%s\n' "${REQS[@]}"; py_id "$PY"; } | sha256sum | cut -d' ' -f1)
 stamp=$VENV/.dfguard-triton-installed
 
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
-  if ! "$VENV/bin/python" -c '' 2>/dev/null; then
-    echo "setup_triton: creating $VENV"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ "$(py_id "$VENV/bin/python")" != "$(py_id "$PY")" ]; then
+  # A venv from another (or a broken) interpreter is rebuilt from scratch, not patched.
+  if [ "$(py_id "$VENV/bin/python")" != "$(py_id "$PY")" ]; then
+    echo "setup_triton: creating $VENV with $("$PY" -c 'import sys; print(sys.executable)')"
     mkdir -p "$(dirname "$VENV")"
     "$PY" -m venv --clear "$VENV"
   fi
@@ -48,7 +49,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python"
 import pathlib, sys
 import numpy, onnxruntime, pytriton
 assert int(numpy.__version__.split(".")[0]) < 2, f"numpy {numpy.__version__} in the triton venv; need <2"
-onnxruntime.InferenceSession  # noqa: B018  (import succeeded against numpy 1.x)
 root = pathlib.Path(pytriton.__file__).parent / "tritonserver"
 stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
 for p in (root / "bin" / "tritonserver", stub, root / "backends" / "python"):

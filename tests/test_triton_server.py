@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from service.triton.server import DEFAULT_VENV, TritonServer, find_pytriton
+from service.triton.server import DEFAULT_VENV, TritonServer, _shm_regions, find_pytriton
 
 pytestmark = pytest.mark.triton
 
@@ -35,7 +36,7 @@ dynamic_batching {{ max_queue_delay_microseconds: 20000 }}
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 """
 
-MODEL_PY = '''
+MODEL_PY = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -53,7 +54,7 @@ class TritonPythonModel:
             y = x.astype(np.float32).mean(axis=1, keepdims=True)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("MEAN", y)]))
         return responses
-'''
+"""
 
 
 def _write_model(repo: Path, name: str, config: str, model_py: str) -> None:
@@ -100,6 +101,14 @@ def _inference_count(server: TritonServer) -> int:
     return int(m.group(1))
 
 
+def _grpc_client_module() -> Any:
+    try:
+        import tritonclient.grpc as grpcclient  # optional in the main venv
+    except ImportError:
+        return None
+    return grpcclient
+
+
 def _listening_addresses(port: int) -> set[str]:
     """Local IPv4/IPv6 addresses in LISTEN state on `port`, from /proc/net (hex as the kernel writes it)."""
     found = set()
@@ -143,8 +152,10 @@ def test_ready_and_bound_to_loopback_only(server: TritonServer) -> None:
     assert server.running() and server.startup_seconds is not None
     assert _get(f"{server.http_url}/v2/health/ready")[0] == 200
     assert _get(f"{server.http_url}/v2/models/{MODEL}/ready")[0] == 200
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1 (gRPC: as ::ffff:127.0.0.1)
     for port in (server.http_port, server.grpc_port, server.metrics_port):
-        assert _listening_addresses(port) == {"0100007F"}, port  # 127.0.0.1, nothing on 0.0.0.0 / ::
+        found = _listening_addresses(port)
+        assert found and found <= loopback, (port, found)  # nothing on 0.0.0.0 or ::
 
 
 def test_http_inference(server: TritonServer) -> None:
@@ -190,14 +201,38 @@ def test_metrics_count_inferences(server: TritonServer) -> None:
 
 def test_crash_and_restart_on_same_ports(server: TritonServer) -> None:
     ports = (server.http_port, server.grpc_port, server.metrics_port)
+    assert server.pid is not None
+    regions = _shm_regions(server.pid)
+    assert regions  # one /dev/shm region per Python-backend instance
+    grpcclient = _grpc_client_module()
+    client = grpcclient.InferenceServerClient(server.grpc_url) if grpcclient else None
+    if client is not None:
+        assert client.is_server_ready()  # a live channel across the crash
     server.kill()
     assert not server.running()
+    assert not any(Path(r).exists() for r in regions)  # SIGKILL leaves them behind; kill() unlinks them
     with pytest.raises(urllib.error.URLError):
         _OPENER.open(f"{server.http_url}/v2/health/ready", timeout=2)
+    with socket.socket() as squatter:  # someone else took the port meanwhile: a clear error, not a hang
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old server's TIME_WAITs
+        squatter.bind(("127.0.0.1", server.http_port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match="in use"):
+            server.start()
     server.start()
     assert (server.http_port, server.grpc_port, server.metrics_port) == ports
     assert _infer(server, [[4, 4, 4, 8]])["outputs"][0]["data"] == pytest.approx([5.0])
     assert _inference_count(server) == 1  # a fresh process: counters restart
+    if client is not None:
+        assert client.is_model_ready(MODEL)  # the same client object reconnects
+        client.close()
+
+
+def test_graceful_stop_and_restart(server: TritonServer) -> None:
+    server.stop()
+    assert not server.running()
+    server.start()
+    assert _infer(server, [[0, 0, 0, 4]])["outputs"][0]["data"] == pytest.approx([1.0])
 
 
 def test_failed_model_load_reports_log(tmp_path: Path) -> None:

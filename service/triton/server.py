@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".cache" / "triton-venv"
 SERVER_CACHE = REPO_ROOT / ".cache" / "triton-server"
 HOST = "127.0.0.1"
+SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+_ERROR_LINE = re.compile(r"[EF]\d{4} |\[\w+ ERROR")  # glog errors/fatals; "[libprotobuf ERROR ...]"
 
 _LIVE: weakref.WeakSet[TritonServer] = weakref.WeakSet()
 
@@ -92,6 +95,25 @@ def _server_dir(src: Path, py_version: str) -> Path:
     return SERVER_CACHE / f"server-{key.hexdigest()[:12]}"
 
 
+def _check_port_free(port: int) -> None:
+    """Fail fast on a taken port: otherwise a foreign server there could answer the readiness probe."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            raise RuntimeError(f"port {port} on {HOST} is in use: {e}") from e
+
+
+def _shm_regions(pid: int) -> set[str]:
+    """Python-backend shared-memory regions (one per stub) that process `pid` has mapped."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {word for line in maps.splitlines() for word in line.split() if word.startswith(SHM_PREFIX)}
+
+
 def _find_models(model_repository: Path) -> list[str]:
     """Every model folder in the repository (one with a config.pbtxt), for explicit-mode --load-model."""
     return sorted(p.parent.name for p in model_repository.glob("*/config.pbtxt"))
@@ -131,6 +153,7 @@ class TritonServer:
         self._server_dir: Path | None = None
         self._log_offset = 0
         self._starts = 0
+        self._shm: set[str] = set()
         self.startup_seconds: float | None = None  # of the last successful start()
 
     @staticmethod
@@ -218,6 +241,8 @@ class TritonServer:
         if self.running():
             raise RuntimeError(f"tritonserver already running (pid {self.pid})")
         server_dir, env = self._prepare()
+        for port in (self.http_port, self.grpc_port, self.metrics_port):
+            _check_port_free(port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         # The first start truncates the log; restarts append, so a crash's history stays next to the restart.
@@ -240,9 +265,10 @@ class TritonServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                self._proc = None
+                self.kill()  # reaps any stub left in the group
                 raise RuntimeError(f"tritonserver exited with code {code} before ready:\n{self.log_tail()}")
             if self._ready():
+                self._shm = _shm_regions(self._proc.pid)
                 self.startup_seconds = time.monotonic() - t0
                 return
             if time.monotonic() > deadline:
@@ -271,25 +297,41 @@ class TritonServer:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (server and stubs): what a crash looks like to clients."""
+        """SIGKILL the whole process group (server and stubs): what a crash looks like to clients.
+
+        Then unlinks the /dev/shm regions the server had mapped: only a graceful stop frees them itself, and
+        each leaked region holds up to shm-default-byte-size (16 MiB) of a container's small /dev/shm.
+        """
         proc = self._proc
         if proc is None:
             return
+        regions = self._shm | _shm_regions(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        for region in regions:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(region)
         self._proc = None
+        self._shm = set()
         _LIVE.discard(self)
 
-    def log_tail(self, max_bytes: int = 8000) -> str:
-        """The end of this start's log: what a failure report needs."""
+    def log_tail(self, lines: int = 25) -> str:
+        """This start's error lines, then its last `lines` lines without status tables.
+
+        A plain byte tail is not enough: Triton prints wide tables after the cause of a failed start.
+        """
         try:
             with open(self.log_path, "rb") as f:
                 size = f.seek(0, os.SEEK_END)
-                f.seek(max(self._log_offset, size - max_bytes))
-                return f.read().decode(errors="replace")
+                f.seek(max(self._log_offset, size - 1_000_000))
+                text = f.read().decode(errors="replace").splitlines()
         except OSError as e:
             return f"(no log at {self.log_path}: {e})"
+        errors = [ln for ln in text if _ERROR_LINE.match(ln) and "CudaDriverHelper" not in ln]
+        tail = [ln for ln in text if not ln.startswith(("+", "|"))][-lines:]
+        head = ["errors:", *errors, "last lines:"] if errors else []
+        return "\n".join([*head, *tail]) + f"\n(full log: {self.log_path})"
 
     def __enter__(self) -> TritonServer:
         self.start()

@@ -1,0 +1,160 @@
+"""The classifier ensemble on a real Triton server (the `tritonserver` binary of the nvidia-pytriton wheel,
+Python-backend members on ONNX Runtime, CPU): parity with the embedded backend, dynamic batching, metrics,
+and outages that turn into clean errors and recover."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.config import Settings
+from service.errors import BackendUnavailable
+from service.inference import OnnxRuntimeBackend
+from service.inference.triton import TritonBackend
+from service.models import DEFAULT_MANIFEST
+from service.pipeline import Pipeline, build_detector
+from service.triton.repo import RepoOptions, build_repo
+from service.triton.server import TritonServer
+from tests.servers import gateway
+
+pytestmark = pytest.mark.triton
+
+MEMBER = "dfguard-untrained-mini"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repo = build_repo(
+        [DEFAULT_MANIFEST],
+        tmp_path_factory.mktemp("repo"),
+        "cpu",
+        RepoOptions(max_batch_size=64, max_queue_delay_microseconds=20_000, cpu_threads=1),
+    )
+    with TritonServer(repo) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def embedded() -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=1)
+
+
+def _backend(server: TritonServer, **kw: float) -> TritonBackend:
+    return TritonBackend([DEFAULT_MANIFEST], server.grpc_url, timeout_seconds=5, **kw)  # type: ignore[arg-type]
+
+
+def _stats(server: TritonServer, model: str) -> tuple[int, int]:
+    with urllib.request.urlopen(f"{server.http_url}/v2/models/{model}/stats", timeout=5) as r:
+        s = json.load(r)["model_stats"][0]
+    return int(s["inference_count"]), int(s["execution_count"])
+
+
+def test_ensemble_and_member_equal_embedded(server: TritonServer, embedded: OnnxRuntimeBackend) -> None:
+    backend = _backend(server)
+    assert backend.ready()
+    crops = np.random.default_rng(0).integers(0, 256, (70, 224, 224, 3), dtype=np.uint8)  # > one batch of 64
+    want = embedded.predict(MEMBER, crops)
+    got_ensemble = backend.predict_many({MEMBER: crops})[MEMBER]
+    got_member = backend.predict(MEMBER, crops)
+    np.testing.assert_allclose(got_ensemble, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got_member, want, atol=1e-5, rtol=0)
+    backend.close()
+
+
+def test_pipeline_verdicts_identical_through_triton(server: TritonServer, face_clip: Path) -> None:
+    settings = Settings()
+    embedded = Pipeline.from_settings(settings)
+    backend = _backend(server)
+    remote = Pipeline(settings, build_detector(settings), backend)
+    a, b = embedded.score_file(face_clip), remote.score_file(face_clip)
+    assert a.faces_detected == b.faces_detected == 32
+    assert a.score is not None and b.score == pytest.approx(a.score, abs=1e-5)
+    assert a.decision == b.decision and a.reasons == b.reasons
+    for fa, fb in zip(a.frames, b.frames, strict=True):
+        for x, y in zip(fa.faces, fb.faces, strict=True):
+            assert y.score == pytest.approx(x.score, abs=1e-5)
+    backend.close()
+
+
+def test_dynamic_batching_merges_concurrent_requests(server: TritonServer) -> None:
+    backend = _backend(server)
+    crop = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    backend.predict_many({MEMBER: crop})  # warm
+    count0, exec0 = _stats(server, MEMBER)
+    barrier = threading.Barrier(16)
+
+    def one() -> None:
+        barrier.wait()
+        backend.predict_many({MEMBER: crop})
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    count, execs = _stats(server, MEMBER)
+    assert count - count0 == 16
+    assert (count - count0) / (execs - exec0) >= 2, (count - count0, execs - exec0)  # merged into fewer runs
+    backend.close()
+
+
+def test_triton_metrics_are_exported(server: TritonServer) -> None:
+    text = httpx.get(server.metrics_url, timeout=5).text
+    for name in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us"):
+        assert f'{name}{{model="{MEMBER}"' in text, name
+
+
+def test_killed_triton_gives_clean_errors_then_recovers(server: TritonServer) -> None:
+    backend = _backend(server, retries=1, breaker_failures=2, breaker_reset_seconds=1.0)
+    crops = np.zeros((2, 224, 224, 3), np.uint8)
+    assert len(backend.predict_many({MEMBER: crops})[MEMBER]) == 2
+    server.kill()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        backend.predict_many({MEMBER: crops})
+    assert time.monotonic() - started < 15
+    assert not backend.ready()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="circuit open"):  # fails fast while the circuit is open
+        backend.predict_many({MEMBER: crops})
+    assert time.monotonic() - started < 0.5
+    server.start()
+    time.sleep(1.1)  # the circuit lets a probe through after breaker_reset_seconds
+    assert len(backend.predict_many({MEMBER: crops})[MEMBER]) == 2
+    assert backend.ready()
+    backend.close()
+
+
+def test_gateway_turns_a_triton_outage_into_503_and_recovers(server: TritonServer, face_clip: Path) -> None:
+    settings = Settings(
+        backend="triton",
+        triton_url=server.grpc_url,
+        triton_timeout_seconds=5,
+        triton_retries=0,
+        triton_breaker_failures=1,
+        triton_breaker_reset_seconds=1.0,
+    )
+    with gateway(settings) as (url, _):
+
+        def upload() -> httpx.Response:
+            with open(face_clip, "rb") as fh:
+                return httpx.post(f"{url}/v1/score", files={"file": ("f.mp4", fh)}, timeout=60)
+
+        assert upload().status_code == 200
+        server.kill()
+        resp = upload()
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "backend_unavailable"
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        server.start()
+        time.sleep(1.1)
+        assert upload().status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 200
