@@ -54,7 +54,7 @@ def _stats(server: TritonServer, model: str) -> tuple[int, int]:
 
 
 def run(
-    batches: list[int], repeats: int, concurrency: int, rounds: int, threads: int, delay_us: int
+    batches: list[int], repeats: int, concurrency: int, rounds: int, threads: int, delay_us: int, shm: bool
 ) -> dict[str, Any]:
     embedded = OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=threads)
     (m,) = embedded.models
@@ -67,7 +67,7 @@ def run(
             RepoOptions(max_batch_size=64, max_queue_delay_microseconds=delay_us, cpu_threads=threads),
         )
         with TritonServer(repo) as server:
-            backend = TritonBackend([DEFAULT_MANIFEST], server.grpc_url)
+            backend = TritonBackend([DEFAULT_MANIFEST], server.grpc_url, shared_memory=shm)
             rows = []
             for batch in batches:
                 crops = rng.integers(0, 256, (batch, m.input_size, m.input_size, 3), dtype=np.uint8)
@@ -119,6 +119,7 @@ def run(
             "rounds": rounds,
             "ort_threads": threads,
             "max_queue_delay_microseconds": delay_us,
+            "shared_memory": shm,
             "model": f"{m.name} {m.version}",
             "statistic": "median of warm calls",
         },
@@ -134,9 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching max_queue_delay")
+    p.add_argument("--shm", action="store_true", help="send crops through system shared memory")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    out = run(args.batches, args.repeats, args.concurrency, args.rounds, args.threads, args.queue_delay_us)
+    out = run(
+        args.batches, args.repeats, args.concurrency, args.rounds, args.threads, args.queue_delay_us, args.shm
+    )
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 
 

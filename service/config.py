@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint (host:port).")
     triton_timeout_seconds: float = Field(10.0, gt=0, description="Per inference call.")
     triton_retries: int = Field(2, ge=0, description="Retries of a call that failed transiently.")
+    triton_shared_memory: bool = Field(
+        False,
+        description="Send crops through system shared memory (Triton on the same host) instead of gRPC.",
+    )
     triton_breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
     triton_breaker_reset_seconds: float = Field(
         10.0, gt=0, description="How long an open circuit fails fast."

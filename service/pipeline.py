@@ -56,6 +56,7 @@ def build_backend(s: Settings) -> InferenceBackend:
             breaker_failures=s.triton_breaker_failures,
             breaker_reset_seconds=s.triton_breaker_reset_seconds,
             max_batch_size=s.max_batch_size,
+            shared_memory=s.triton_shared_memory,
         )
     return OnnxRuntimeBackend(manifests, threads=s.inference_threads, max_batch_size=s.max_batch_size)
 

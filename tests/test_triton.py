@@ -158,3 +158,32 @@ def test_gateway_turns_a_triton_outage_into_503_and_recovers(server: TritonServe
         time.sleep(1.1)
         assert upload().status_code == 200
         assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_shared_memory_parity_and_restart(server: TritonServer, embedded: OnnxRuntimeBackend) -> None:
+    backend = TritonBackend([DEFAULT_MANIFEST], server.grpc_url, timeout_seconds=5, shared_memory=True)
+    crops = np.random.default_rng(2).integers(0, 256, (20, 224, 224, 3), dtype=np.uint8)
+    want = embedded.predict(MEMBER, crops)
+    np.testing.assert_allclose(backend.predict_many({MEMBER: crops})[MEMBER], want, atol=1e-5, rtol=0)
+    inputs = [
+        np.random.default_rng(10 + i).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8) for i in range(4)
+    ]
+    results: dict[int, np.ndarray] = {}
+    barrier = threading.Barrier(4)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        for _ in range(3):
+            results[i] = backend.predict_many({MEMBER: inputs[i]})[MEMBER]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for i in range(4):  # each thread writes its own region: no call sees another's crops
+        np.testing.assert_allclose(results[i], embedded.predict(MEMBER, inputs[i]), atol=1e-5, rtol=0)
+    server.stop()
+    server.start()  # a restarted server has forgotten every registered region
+    np.testing.assert_allclose(backend.predict_many({MEMBER: crops})[MEMBER], want, atol=1e-5, rtol=0)
+    backend.close()

@@ -12,8 +12,11 @@ call probe the server again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.errors import BackendUnavailable, InternalError
@@ -69,6 +73,59 @@ class CircuitBreaker:
                 self._opened_at = time.monotonic()
 
 
+class _Region:
+    """One system shared-memory region, owned by one calling thread."""
+
+    def __init__(self, backend: TritonBackend, size: int) -> None:
+        self.backend = backend
+        self.size = size
+        self.name = f"dfguard-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.handle = shm.create_shared_memory_region(self.name, f"/{self.name}", size)
+        self.registered_generation = -1
+
+    async def ensure_registered(self) -> None:
+        pool = self.backend._shm
+        assert pool is not None
+        if self.registered_generation != pool.generation:
+            await self.backend._client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
+            self.registered_generation = pool.generation
+
+    def write(self, x: np.ndarray, offset: int) -> None:
+        shm.set_shared_memory_region(self.handle, [np.ascontiguousarray(x)], offset=offset)
+
+
+class _SharedMemory:
+    """Per-thread input regions (concurrent calls never share one), re-registered after a server restart."""
+
+    def __init__(self, backend: TritonBackend, size: int) -> None:
+        self.backend = backend
+        self.size = size
+        self.generation = 0  # bumped when the server may have forgotten its registrations
+        self._local = threading.local()
+        self._all: list[_Region] = []
+        self._lock = threading.Lock()
+
+    def region(self) -> _Region:
+        r: _Region | None = getattr(self._local, "region", None)
+        if r is None:
+            r = _Region(self.backend, self.size)
+            self._local.region = r
+            with self._lock:
+                self._all.append(r)
+        return r
+
+    def forget_registrations(self) -> None:
+        self.generation += 1
+
+    async def close(self) -> None:
+        for r in self._all:
+            with contextlib.suppress(Exception):
+                await self.backend._client.unregister_system_shared_memory(r.name)
+            with contextlib.suppress(Exception):
+                shm.destroy_shared_memory_region(r.handle)
+        self._all.clear()
+
+
 def _transient(exc: InferenceServerException) -> bool:
     status = str(exc.status() or "")
     message = str(exc.message() or "")
@@ -89,6 +146,7 @@ class TritonBackend:
         breaker_reset_seconds: float = 10.0,
         max_batch_size: int = 64,
         ensemble: str = ENSEMBLE,
+        shared_memory: bool = False,
     ) -> None:
         if not manifest_paths:
             raise ValueError("at least one model manifest is required")
@@ -101,10 +159,20 @@ class TritonBackend:
         self.ensemble = ensemble
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset_seconds)
         self._groups = input_groups(self._manifests)
+        self._shm = _SharedMemory(self, self._region_bytes()) if shared_memory else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dfguard-triton", daemon=True)
         self._thread.start()
         self._client: Any = self._submit(self._make_client(), timeout=10)
+
+    def _region_bytes(self) -> int:
+        """Room for one batch of every ensemble input (the largest call a thread can make)."""
+        total = 0
+        for _, members in self._groups:
+            m = members[0]
+            itemsize = 1 if m.input_dtype == "uint8" else 4
+            total += self.max_batch_size * m.input_size * m.input_size * 3 * itemsize
+        return total
 
     async def _make_client(self) -> Any:
         return grpcclient.InferenceServerClient(self.url)
@@ -124,6 +192,10 @@ class TritonBackend:
             try:
                 result = self._submit(make(), timeout=self.timeout + 1)
             except InferenceServerException as exc:
+                if self._shm is not None and "shared memory" in str(exc.message()) and attempt < self.retries:
+                    self._shm.forget_registrations()  # the server restarted between two calls: register again
+                    last = exc
+                    continue
                 if not _transient(exc):
                     self.breaker.success()  # the server answered: it is up, the request was wrong
                     raise InternalError(f"Triton refused the request: {exc.message()}") from exc
@@ -134,17 +206,29 @@ class TritonBackend:
                 self.breaker.success()
                 return result
             self.breaker.failure()
+            if self._shm is not None:
+                self._shm.forget_registrations()  # a restarted server knows none of our regions
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 4
         raise BackendUnavailable(f"Triton at {self.url} is unavailable: {last}") from last
 
     def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        region = self._shm.region() if self._shm is not None else None
+
         async def run() -> dict[str, np.ndarray]:
+            if region is not None:
+                await region.ensure_registered()
             req = []
+            offset = 0
             for name, x in inputs.items():
                 t = grpcclient.InferInput(name, list(x.shape), np_to_triton_dtype(x.dtype))
-                t.set_data_from_numpy(x)
+                if region is None:
+                    t.set_data_from_numpy(x)
+                else:  # the bytes go through shared memory instead of the gRPC message
+                    region.write(x, offset)
+                    t.set_shared_memory(region.name, x.nbytes, offset)
+                    offset += x.nbytes
                 req.append(t)
             outs = [grpcclient.InferRequestedOutput(o) for o in outputs]
             res = await self._client.infer(model, req, outputs=outs, client_timeout=self.timeout)
@@ -206,6 +290,8 @@ class TritonBackend:
 
     def close(self) -> None:
         try:
+            if self._shm is not None:
+                self._submit(self._shm.close(), timeout=5)
             self._submit(self._client.close(), timeout=5)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
