@@ -28,19 +28,12 @@ import psutil
 from bench.common import percentile, platform_info
 from service.config import Settings
 from service.pipeline import Pipeline
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.triton.server import free_port
 
 
 class _Server:
     def __init__(self, env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         exe = str(Path(sys.executable).with_name("dfguard"))
         self.proc = subprocess.Popen(

@@ -20,6 +20,7 @@ from service.config import Settings
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on `host` (any loopback address; the media host runs on 127.0.0.2)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -124,8 +123,3 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         return response
 
     return app
-
-
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document without starting the app (for docs and tests)."""
-    return create_app(Settings()).openapi()
