@@ -19,18 +19,18 @@ run: setup $(SAMPLE)
 	$(VENV)/dfguard serve --host 127.0.0.1 --port 8080
 
 lint: setup
-	$(VENV)/ruff check service bench tests scripts
-	$(VENV)/ruff format --check service bench tests scripts
+	$(VENV)/ruff check service bench tests scripts loadtest
+	$(VENV)/ruff format --check service bench tests scripts loadtest
 	$(VENV)/mypy
 
 format: setup
-	$(VENV)/ruff format service bench tests scripts
-	$(VENV)/ruff check --fix service bench tests scripts
+	$(VENV)/ruff format service bench tests scripts loadtest
+	$(VENV)/ruff check --fix service bench tests scripts loadtest
 
 # pytest exits 5 when it collected no test; that is not a failure of the suite itself.
 test: setup lint
 	@$(VENV)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 bench: setup $(SAMPLE)
-	$(VENV)/python -m bench.pipeline --video $(SAMPLE) --json
-	$(VENV)/python -m bench.gateway --video $(SAMPLE) --json
+	$(VENV)/python -m bench all --video $(SAMPLE)
+	$(VENV)/python -m bench compare
