@@ -13,56 +13,18 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from bench.common import percentile, platform_info
+from loadtest.generator import ServerProcess
 from service.config import Settings
 from service.pipeline import Pipeline
-from service.triton.server import free_port
-
-
-class _Server:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        exe = str(Path(sys.executable).with_name("dfguard"))
-        self.proc = subprocess.Popen(
-            [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("dfguard serve did not become ready")
-
-    def rss_mb(self) -> float:
-        p = psutil.Process(self.proc.pid)
-        return float(sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])) / 2**20
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def _drive(url: str, video: Path, clients: int, total: int) -> tuple[list[float], Counter[int], float]:
@@ -106,7 +68,7 @@ def run(video: Path, clients: int, requests: int, overload_clients: int) -> dict
         base.append(time.perf_counter() - t)
     pipeline_vps = 1 / statistics.median(base)
 
-    server = _Server({})
+    server = ServerProcess({})
     try:
         _drive(server.url, video, 2, 2)  # warm-up
         lat, codes, wall = _drive(server.url, video, clients, requests)
@@ -120,18 +82,18 @@ def run(video: Path, clients: int, requests: int, overload_clients: int) -> dict
             "p99_over_p50": round(percentile(lat, 99) / percentile(lat, 50), 2),
             "status_counts": {str(k): v for k, v in sorted(codes.items())},
             "server_5xx": sum(v for k, v in codes.items() if k >= 500),
-            "server_rss_mb": round(server.rss_mb(), 1),
+            "server_rss_mb": round(server.rss_mb() or 0.0, 1),
         }
     finally:
         server.stop()
 
     limited = {"DFG_WORKERS": "2", "DFG_MAX_QUEUE": "4"}
-    server = _Server(limited)
+    server = ServerProcess(limited)
     try:
         _drive(server.url, video, 2, 2)
-        rss_before = server.rss_mb()
+        rss_before = server.rss_mb() or 0.0
         lat, codes, wall = _drive(server.url, video, overload_clients, overload_clients * 6)
-        rss_after = server.rss_mb()
+        rss_after = server.rss_mb() or 0.0
         overload = {
             "clients": overload_clients,
             "settings": limited,
