@@ -329,3 +329,11 @@ def test_pending_jobs_are_bounded(face_clip: Path) -> None:
                 resp = httpx.post(f"{url}/v1/jobs", files={"file": ("f.mp4", fh)}, timeout=30)
             codes.append(resp.status_code)
         assert codes[0] == 202 and 429 in codes[1:], codes
+
+
+def test_error_messages_do_not_reveal_server_paths(api: str, tmp_path: Path) -> None:
+    bad = tmp_path / "x.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 20)
+    resp = _upload(api, bad)
+    assert resp.status_code == 422 and _error(resp) == "corrupt_media"
+    assert "/tmp" not in resp.text and "dfguard-upload" not in resp.text

@@ -164,9 +164,10 @@ def _open_video(path: str | Path, kind: Sniffed) -> Any:
     except MemoryError:
         raise
     except av.error.InvalidDataError as exc:
-        raise CorruptMedia(f"{kind.format} container could not be opened: {exc}") from exc
+        # strerror, not str(exc): the latter names the file, a server-side temporary path for uploads
+        raise CorruptMedia(f"{kind.format} container could not be opened: {exc.strerror}") from exc
     except av.error.FFmpegError as exc:
-        raise CorruptMedia(f"{kind.format} container could not be read: {exc}") from exc
+        raise CorruptMedia(f"{kind.format} container could not be read: {exc.strerror}") from exc
 
 
 def _decode_video(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: Allocator) -> SampledMedia:
