@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from service.faces.detector import ort_session
 from service.inference.prepare import prepare, to_probability
-from service.models.manifest import ModelManifest, load_manifest
+from service.models.manifest import ModelManifest, find_manifest, load_manifest
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -42,7 +42,7 @@ class OnnxRuntimeBackend:
         return len(self._sessions) == len(self._manifests)
 
     def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        m = self._manifest(model)
+        m = find_manifest(self._manifests, model)
         x = prepare(m, crops)
         session = self._sessions[model]
         out = np.empty(len(crops), dtype=np.float32)
@@ -56,9 +56,3 @@ class OnnxRuntimeBackend:
         self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]
     ) -> dict[str, npt.NDArray[np.float32]]:
         return {name: self.predict(name, crops) for name, crops in crops_by_model.items()}
-
-    def _manifest(self, model: str) -> ModelManifest:
-        for m in self._manifests:
-            if m.name == model:
-                return m
-        raise KeyError(f"unknown model {model}")

@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.errors import BackendUnavailable, InternalError
 from service.inference.prepare import input_groups, prepare, to_probability
-from service.models.manifest import ModelManifest
+from service.models.manifest import ModelManifest, find_manifest
 from service.triton.repo import ENSEMBLE, score_output
 
 __all__ = ["CircuitBreaker", "TritonBackend"]
@@ -236,15 +236,9 @@ class TritonBackend:
 
         return self._call(run)
 
-    def _manifest(self, model: str) -> ModelManifest:
-        for m in self._manifests:
-            if m.name == model:
-                return m
-        raise KeyError(f"unknown model {model}")
-
     def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """One member model, called directly (batches of at most `max_batch_size`)."""
-        m = self._manifest(model)
+        m = find_manifest(self._manifests, model)
         x = prepare(m, crops)
         out = np.empty(len(crops), dtype=np.float32)
         for start in range(0, len(crops), self.max_batch_size):

@@ -70,11 +70,6 @@ def _decode_image(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
             # dfguard's pixel limit below is the one that applies, not Pillow's bomb warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path, formats=[kind.format])
-    except Image.DecompressionBombError as exc:
-        raise ResolutionTooHigh(f"image is over the pixel limit: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CorruptMedia(f"{kind.format.lower()} image could not be read: {exc}") from exc
-    try:
         with img:
             w, h = img.size
             if w * h > limits.max_frame_pixels:
@@ -88,7 +83,7 @@ def _decode_image(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
             rgb = upright.convert("RGB")
     except MemoryError:
         raise
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own check, before dfguard's limit can run
         raise ResolutionTooHigh(f"image is over the pixel limit: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CorruptMedia(f"{kind.format.lower()} image could not be decoded: {exc}") from exc

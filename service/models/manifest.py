@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CalibratedThresholds", "ModelManifest", "load_manifest"]
+__all__ = ["CalibratedThresholds", "ModelManifest", "find_manifest", "load_manifest"]
 
 
 class CalibratedThresholds(BaseModel):
@@ -72,3 +72,11 @@ def load_manifest(path: str | Path) -> tuple[ModelManifest, Path]:
         if digest != manifest.sha256:
             raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {manifest.sha256}")
     return manifest, model_path
+
+
+def find_manifest(models: list[ModelManifest], name: str) -> ModelManifest:
+    """The manifest of the model called `name` in an ensemble."""
+    for m in models:
+        if m.name == name:
+            return m
+    raise KeyError(f"unknown model {name}")
