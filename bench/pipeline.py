@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import percentile, platform_info, summary
 from service.config import Settings
-from service.media import MediaLimits, decode_media
+from service.media import MediaLimits, PendingMedia, decode_media
 from service.pipeline import Pipeline
 
 
@@ -41,7 +41,6 @@ def run(video: Path, runs: int, warmup: int, cli_runs: int) -> dict[str, Any]:
     total_ms: list[float] = []
     stages: dict[str, list[float]] = {"decode": [], "detect": [], "classify": []}
     result = None
-    decoder_rss = 0.0
     for _ in range(runs):
         t = time.perf_counter()
         decode_media(video, limits)
@@ -51,9 +50,13 @@ def run(video: Path, runs: int, warmup: int, cli_runs: int) -> dict[str, Any]:
         total_ms.append((time.perf_counter() - t) * 1000)
         for k in stages:
             stages[k].append(getattr(result.timings_ms, k))
-        decoder_rss = max(decoder_rss, pipeline.last_decoder_rss_mb)
     assert result is not None
     peak_self = _rss_mb(resource.RUSAGE_SELF)
+    pending = PendingMedia(video, settings)  # one more isolated decode, to read the decoder's own peak RSS
+    try:
+        decoder_rss = pending.result().extra.get("decoder_peak_rss_mb", 0.0)
+    finally:
+        pending.close()
     cli_ms: list[float] = []
     dfguard = Path(sys.executable).with_name("dfguard")
     for _ in range(cli_runs):

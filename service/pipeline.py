@@ -88,7 +88,6 @@ class Pipeline:
         self.model_ref = _ensemble_ref(self.models)
         self.thresholds = self._thresholds()
         self.untrained = any(not m.trained for m in self.models)
-        self.last_decoder_rss_mb = 0.0  # peak RSS of the latest decoder process (benchmarks, diagnostics)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -190,7 +189,6 @@ class Pipeline:
         try:
             sha = file_sha256(pending.path)
             media = pending.result()
-            self.last_decoder_rss_mb = media.extra.get("decoder_peak_rss_mb", 0.0)
             t1 = time.perf_counter()
             faces = self.detect(media)
             t2 = time.perf_counter()
