@@ -56,9 +56,14 @@ def decode_media(path: str | Path, limits: MediaLimits, alloc: Allocator = _defa
     memory. Raises a `MediaError` subclass for anything that is not analysable media.
     """
     kind = probe_kind(path)
-    if kind.kind == "image":
-        return _decode_image(path, kind, limits, alloc)
-    return _decode_video(path, kind, limits, alloc)
+    try:
+        if kind.kind == "image":
+            return _decode_image(path, kind, limits, alloc)
+        return _decode_video(path, kind, limits, alloc)
+    except MemoryError as exc:
+        # A damaged header can make FFmpeg refuse a huge allocation (ENOMEM) even with memory to spare; the
+        # isolated decoder also lands here when its RLIMIT_AS budget runs out. Either way: this media, not us.
+        raise DecodeFailed("the decoder ran out of memory on this media") from exc
 
 
 # --- images -------------------------------------------------------------------------------------------

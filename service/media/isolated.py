@@ -191,7 +191,10 @@ def _child_main(
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         conn.send(("ok", media.header, media.indices, media.times, media.scale, media.frames.shape, peak_mb))
     except MediaError as exc:
-        conn.send(("error", exc.code, exc.message))
+        if isinstance(exc.__cause__, MemoryError):
+            conn.send(("error", exc.code, f"the decoder exceeded its memory limit of {memory_mb} MB"))
+        else:
+            conn.send(("error", exc.code, exc.message))
     except MemoryError:
         conn.send(("error", DecodeFailed.code, f"the decoder exceeded its memory limit of {memory_mb} MB"))
     except OSError as exc:
