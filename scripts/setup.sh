@@ -34,9 +34,14 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/dfguard ]; then
   echo "setup: installing dfguard and its dev dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev,training,ops]'
   echo "$want" > "$stamp"
 fi
 # The real Triton server for the `triton` tests and local CPU serving lives in its own venv (numpy<2).
 PYTHON="$PY" bash scripts/setup_triton.sh
+# The other real parts the tests and the local stack start: Apache Kafka (jars from Maven Central, cached in
+# ~/.cache/dfguard), PostgreSQL (Debian), and the ops tools (kustomize, Prometheus/promtool).
+for part in kafka postgres ops; do
+  if [ -f "scripts/setup_$part.sh" ]; then bash "scripts/setup_$part.sh"; fi
+done
 echo "setup: ready ($(.venv/bin/python --version), dfguard $(.venv/bin/dfguard version))"

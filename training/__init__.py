@@ -1,0 +1,1 @@
+"""Training, evaluation and import of face-manipulation classifiers (needs the `training` extra: PyTorch)."""
