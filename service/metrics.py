@@ -9,8 +9,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_SIZE",
+    "CONSUMER_LAG",
     "DECISIONS",
+    "DEDUP_HITS",
+    "DEDUP_LOOKUPS",
     "ERRORS",
+    "EVENTS_CONSUMED",
+    "EVENTS_DEAD_LETTERED",
+    "EVENTS_PRODUCED",
+    "EVENT_LATENCY",
     "INFERENCE_CALLS",
     "INFERENCE_DURATION",
     "IN_FLIGHT",
@@ -19,6 +26,10 @@ __all__ = [
     "REQUESTS",
     "REQUEST_DURATION",
     "STAGE_DURATION",
+    "WORKER_IN_FLIGHT",
+    "WORKER_LAST_DECISION",
+    "WORKER_PROCESSING",
+    "WORKER_RETRIES",
     "observe_result",
 ]
 
@@ -54,6 +65,42 @@ QUEUE_DEPTH = Gauge("dfguard_queue_depth", "Scoring requests admitted and waitin
 IN_FLIGHT = Gauge("dfguard_in_flight_requests", "Scoring requests being processed by a worker.")
 DECISIONS = Counter("dfguard_decisions_total", "Verdicts by outcome.", ["decision"])
 ERRORS = Counter("dfguard_errors_total", "Errors reported to callers, by error code.", ["code"])
+# --- Kafka worker (served on its own port, DFG_WORKER_METRICS_PORT; in-process with `serve --with-worker`) ---
+EVENTS_CONSUMED = Counter("dfguard_worker_events_consumed_total", "Upload events read from Kafka.", ["topic"])
+EVENTS_PRODUCED = Counter(
+    "dfguard_worker_events_produced_total",
+    "Flag events acknowledged by Kafka, by decision.",
+    ["topic", "decision"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "dfguard_worker_events_dead_lettered_total",
+    "Events sent to the dead-letter topic, by reason.",
+    ["reason"],
+)
+WORKER_RETRIES = Counter(
+    "dfguard_worker_retries_total", "Retries of transient faults (fetch, backend, store, Kafka).", ["reason"]
+)
+EVENT_LATENCY = Histogram(
+    "dfguard_worker_event_latency_seconds",
+    "From the upload event's uploaded_at to its flag event being acknowledged.",
+    buckets=_LATENCY_BUCKETS,
+)
+WORKER_PROCESSING = Histogram(
+    "dfguard_worker_processing_seconds",
+    "From reading an event off Kafka to its flag event being acknowledged.",
+    buckets=_LATENCY_BUCKETS,
+)
+CONSUMER_LAG = Gauge(
+    "dfguard_worker_consumer_lag",
+    "Records of a partition not yet committed by the group (end offset - committed offset).",
+    ["group", "topic", "partition"],
+)
+WORKER_IN_FLIGHT = Gauge("dfguard_worker_in_flight_events", "Events being processed by this worker.")
+WORKER_LAST_DECISION = Gauge(
+    "dfguard_worker_last_decision_timestamp_seconds", "Unix time of the last flag event this worker emitted."
+)
+DEDUP_LOOKUPS = Counter("dfguard_dedup_lookups_total", "Repost/near-duplicate lookups before scoring.")
+DEDUP_HITS = Counter("dfguard_dedup_hits_total", "Lookups answered from a stored verdict, by kind.", ["kind"])
 MODEL_INFO = Gauge("dfguard_model_info", "The models being served (value 1).", ["name", "version"])
 
 
