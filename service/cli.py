@@ -76,7 +76,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure()
     settings = Settings()
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, with_worker=args.with_worker),
         host=args.host,
         port=args.port,
         log_config=None,
@@ -85,6 +85,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         limit_concurrency=settings.workers + settings.max_queue + 64,
     )
+    return 0
+
+
+def _cmd_worker(_: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from service.config import Settings
+    from service.logs import configure
+    from service.worker import build_worker
+
+    configure()
+    settings = Settings()
+    worker = build_worker(settings)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    worker.run()
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service.events import write_json_schemas
+
+    for path in write_json_schemas(Path(args.out)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -108,6 +138,26 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_import(args: argparse.Namespace) -> int:
+    import re
+    from pathlib import Path
+
+    try:
+        from service.models.importer import import_checkpoint
+    except ImportError as exc:  # torch is in the `training` extra, never in serving images
+        print(f"dfguard: models import needs the training extra (pip install 'dfguard[training]'): {exc}")
+        return 2
+    manifests = []
+    for ckpt in map(Path, args.checkpoints):
+        name = args.name if args.name and len(args.checkpoints) == 1 else None
+        name = name or re.sub(r"[^a-z0-9._-]+", "-", f"{args.family}-{ckpt.stem}".lower()).strip("-")
+        res = import_checkpoint(ckpt, args.family, Path(args.out) / name, name=name, version=args.version)
+        manifests.append(str(res.manifest))
+        print(f"imported {ckpt} -> {res.manifest} ({res.bytes} bytes; ONNX vs PyTorch {res.parity_max_abs_diff:.2e})")
+    print("serve with: DFG_MODEL_PATHS='" + json.dumps(manifests) + "'")
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     from service import __version__
 
@@ -127,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP gateway (FastAPI under uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--with-worker", action="store_true", help="also run the Kafka worker in this process (small setups)"
+    )
     serve.set_defaults(func=_cmd_serve)
+    worker = sub.add_parser("worker", help="run the Kafka worker (videos.uploaded -> moderation.flags)")
+    worker.set_defaults(func=_cmd_worker)
+    schemas = sub.add_parser("schemas", help="write the JSON Schemas of the Kafka event contracts")
+    schemas.add_argument("out", nargs="?", default="docs/schemas")
+    schemas.set_defaults(func=_cmd_schemas)
     triton = sub.add_parser("triton", help="Triton Inference Server helpers")
     triton_sub = triton.add_subparsers(dest="triton_command", required=True)
     build = triton_sub.add_parser("build-repo", help="generate the model repository from model manifests")
@@ -140,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--instances", type=int, default=1)
     build.add_argument("--configs-only", action="store_true", help="gpu: no ONNX copies (committed layout)")
     build.set_defaults(func=_cmd_triton_build_repo)
+    models = sub.add_parser("models", help="model helpers")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    imp = models_sub.add_parser("import", help="convert published checkpoints to ONNX + manifest (needs torch)")
+    imp.add_argument("checkpoints", nargs="+", help="checkpoint files (.pth/.pt/.tar), one model each")
+    imp.add_argument("--family", choices=["dfdc", "sbi"], required=True, help="dfdc: 1st place B7; sbi: SBI B4")
+    imp.add_argument("--out", default="models", help="a sub-directory per model is written here")
+    imp.add_argument("--name", help="model name (one checkpoint only; default: family + file name)")
+    imp.add_argument("--version", default="imported")
+    imp.set_defaults(func=_cmd_models_import)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
     return parser

@@ -144,6 +144,61 @@ class Settings(BaseSettings):
     )
     file_uri_root: Path | None = Field(None, description="file:// URIs are read only under this directory.")
 
+    # --- Kafka worker ---------------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    kafka_group_id: str = Field("dfguard-worker", description="Consumer group of the workers.")
+    kafka_uploads_topic: str = "videos.uploaded"
+    kafka_flags_topic: str = "moderation.flags"
+    kafka_dlq_topic: str = "videos.uploaded.dlq"
+    kafka_client_id: str = "dfguard"
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=1000, description="A dead worker's partitions move to another after this."
+    )
+    kafka_max_poll_records: int = Field(16, ge=1, description="Records fetched per poll.")
+    kafka_request_timeout_ms: int = Field(15_000, ge=1000, description="Producer/consumer request timeout.")
+    worker_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Events processed at once per worker."
+    )
+    worker_max_attempts: int = Field(
+        5, ge=1, description="Tries of an event failing transiently (fetch, backend, store) before the DLQ."
+    )
+    worker_retry_backoff_seconds: float = Field(
+        0.5, gt=0, description="First retry delay (doubles each try)."
+    )
+    worker_retry_backoff_max_seconds: float = Field(30.0, gt=0)
+    worker_shutdown_grace_seconds: float = Field(
+        60.0, gt=0, description="On SIGTERM or a rebalance, how long in-flight events may finish."
+    )
+    worker_lag_interval_seconds: float = Field(1.0, gt=0, description="How often the lag gauge is refreshed.")
+    worker_metrics_host: str = Field("127.0.0.1", description="Bind address of the worker's /metrics.")
+    worker_metrics_port: int = Field(9102, ge=0, le=65535, description="0: no metrics server.")
+
+    # --- decision store and dedup ---------------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///.cache/dfguard-decisions.sqlite3",
+        description="SQLAlchemy URL of the decision store: SQLite (embedded default) or "
+        "postgresql+psycopg://user:password@host/db.",
+    )
+    dedup_exact: bool = Field(True, description="Reuse the verdict of byte-identical media (sha256).")
+    near_duplicate_max_distance: int = Field(
+        10, ge=0, le=64, description="Perceptual-hash bits (of 64) two frames may differ by and still match."
+    )
+    near_duplicate_min_fraction: float = Field(
+        0.75, gt=0.0, le=1.0, description="Share of hashed frames that must match a flagged clip's frames."
+    )
+    near_duplicate_frames: int = Field(8, ge=0, le=64, description="Frames hashed per video; 0 disables.")
+
+    @property
+    def worker_event_budget_seconds(self) -> float:
+        """Worst-case time of one attempt at one event: fetch, isolated decode, then scoring."""
+        return self.fetch_timeout_seconds + self.decode_timeout_seconds + self.request_timeout_seconds
+
+    @property
+    def kafka_max_poll_interval_ms(self) -> int:
+        """Sized from the worst-case video: the poll loop only blocks while a rebalance or a shutdown waits
+        (at most the grace period) for in-flight events, so twice that plus one worst-case event suffices."""
+        return int(1000 * (2 * self.worker_shutdown_grace_seconds + self.worker_event_budget_seconds))
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if self.review_threshold > self.flag_threshold:

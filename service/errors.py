@@ -161,8 +161,15 @@ class NotFound(RequestError):
 
 
 class FetchFailed(ModerationError):
+    """The URL could not be fetched. `transient` (connection refused, 5xx, 408/429, a broken transfer) tells a
+    retrying consumer such as the Kafka worker that trying again later may succeed; a 4xx will not."""
+
     code = "fetch_failed"
     http_status = 422
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class OverCapacity(ModerationError):

@@ -65,7 +65,7 @@ QUEUE_DEPTH = Gauge("dfguard_queue_depth", "Scoring requests admitted and waitin
 IN_FLIGHT = Gauge("dfguard_in_flight_requests", "Scoring requests being processed by a worker.")
 DECISIONS = Counter("dfguard_decisions_total", "Verdicts by outcome.", ["decision"])
 ERRORS = Counter("dfguard_errors_total", "Errors reported to callers, by error code.", ["code"])
-# --- Kafka worker (served on its own port, DFG_WORKER_METRICS_PORT; in-process with `serve --with-worker`) ---
+# --- Kafka worker (served on its own port, DFG_WORKER_METRICS_PORT; in-process with `serve --with-worker`) --
 EVENTS_CONSUMED = Counter("dfguard_worker_events_consumed_total", "Upload events read from Kafka.", ["topic"])
 EVENTS_PRODUCED = Counter(
     "dfguard_worker_events_produced_total",

@@ -185,19 +185,22 @@ class Pipeline:
 
     def score_pending(self, pending: PendingMedia) -> ScoreResult:
         """Score media whose decoding has already started (see `PendingMedia`); releases its frames."""
-        t0 = pending.started
         try:
             sha = file_sha256(pending.path)
             media = pending.result()
-            t1 = time.perf_counter()
-            faces = self.detect(media)
-            t2 = time.perf_counter()
-            stage = self.classify(media, faces)
-            verdict = self.verdict(media, stage)
-            t3 = time.perf_counter()
-            return self._result(media, sha, stage, verdict, (t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+            return self.score_media(media, sha, pending.started)
         finally:
             pending.close()
+
+    def score_media(self, media: SampledMedia, sha: str, started: float) -> ScoreResult:
+        """Score decoded media (`started`: perf_counter when its decoding began, for the timings)."""
+        t1 = time.perf_counter()
+        faces = self.detect(media)
+        t2 = time.perf_counter()
+        stage = self.classify(media, faces)
+        verdict = self.verdict(media, stage)
+        t3 = time.perf_counter()
+        return self._result(media, sha, stage, verdict, (t1 - started, t2 - t1, t3 - t2, t3 - started))
 
     def _result(
         self,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Decision = Literal["allow", "review", "flag"]
+DecisionOrigin = Literal["scored", "duplicate", "near_duplicate", "media_error"]
 MediaKind = Literal["video", "image"]
 
 __all__ = [
     "Decision",
+    "DecisionOrigin",
+    "DecisionRecord",
     "ErrorBody",
     "ErrorDetail",
     "FaceResult",
@@ -26,6 +30,7 @@ __all__ = [
     "ScoreResult",
     "ScoreUrlRequest",
     "Timings",
+    "UsedThresholds",
 ]
 
 
@@ -134,3 +139,34 @@ class JobStatus(_Out):
 class Health(_Out):
     status: Literal["ok", "unavailable"]
     detail: str = ""
+
+
+# --- stored decisions (worker writes, gateway reads) --------------------------------------------------------
+
+
+class UsedThresholds(_Out):
+    review: float
+    flag: float
+
+
+class DecisionRecord(_Out):
+    """A stored moderation decision with its audit trail (`GET /v1/decisions/{video_id}`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    video_id: str
+    decision: Decision
+    score: float | None
+    reasons: list[str]
+    origin: DecisionOrigin = Field(
+        description="`scored`: analysed here; `duplicate`: byte-identical to a scored upload (sha256); "
+        "`near_duplicate`: perceptually close to a flagged upload; `media_error`: could not be analysed."
+    )
+    model: ModelRef
+    thresholds: UsedThresholds
+    aggregation: str
+    sha256: str | None
+    source_event_id: str
+    flag_event_id: str
+    timings_ms: dict[str, float]
+    decided_at: datetime

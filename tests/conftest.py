@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from service.config import Settings
 from service.pipeline import Pipeline
 from tests import media_factory as mf
+from tests.kafka_broker import KafkaBroker
+from tests.postgres_server import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +33,17 @@ def face_free_clip(media_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def pipeline() -> Pipeline:
     return Pipeline.from_settings(Settings())
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    """A real Apache Kafka broker (KRaft) on a free 127.0.0.1 port, started on first use, for the session."""
+    with KafkaBroker() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port, started on first use, for the session."""
+    with PostgresServer() as server:
+        yield server

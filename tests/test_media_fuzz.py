@@ -159,7 +159,7 @@ def test_mutated_mp4_gives_frames_or_a_media_error(fuzz_dir: Path, small_mp4: Se
 @settings(FUZZ, max_examples=250)
 @given(flips=flips_strategy)
 @example(flips=[(0.5, 0)])
-@example(flips=[(0.02734375, 32)])  # faststart.mp4: an atom size FFmpeg refuses to allocate (ENOMEM), found in CI
+@example(flips=[(0.02734375, 32)])  # faststart.mp4: an atom size FFmpeg refuses to allocate (ENOMEM)
 def test_mutated_headers_give_frames_or_a_media_error(
     fuzz_dir: Path, header_first_clip: Seed, flips: Flips
 ) -> None:

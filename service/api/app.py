@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__, metrics
 from service.api.jobs import JobStore
-from service.api.routes import health, jobs, score
+from service.api.routes import decisions, health, jobs, score
 from service.api.scoring import ScoringService
 from service.config import Settings
 from service.errors import ModerationError, OverCapacity
@@ -29,6 +30,7 @@ from service.inference.batcher import MicroBatchingBackend
 from service.media import isolation_from_settings, warm_up
 from service.pipeline import Pipeline, build_backend, build_detector
 from service.sources import FetchPolicy
+from service.store import DecisionStore
 
 __all__ = ["create_app"]
 
@@ -52,7 +54,11 @@ def build_pipeline(settings: Settings) -> Pipeline:
     return Pipeline(settings, build_detector(settings), backend)
 
 
-def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, pipeline: Pipeline | None = None, *, with_worker: bool = False
+) -> FastAPI:
+    """The gateway; `with_worker` also runs the Kafka worker in this process (small deployments), sharing
+    the pipeline, so events and HTTP requests are micro-batched together."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -60,15 +66,27 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         p = pipeline if pipeline is not None else await asyncio.to_thread(build_pipeline, settings)
         app.state.pipeline = p
         app.state.scoring = ScoringService(settings, p)
+        app.state.store = await asyncio.to_thread(DecisionStore, settings.database_url)
         for m in p.models:
             metrics.MODEL_INFO.labels(name=m.name, version=m.version).set(1)
+        worker_thread = None
+        if with_worker:
+            from service.worker import build_worker  # Kafka only where it is used
+
+            worker = build_worker(settings, p, app.state.store)
+            worker_thread = threading.Thread(target=worker.run, name="dfguard-worker", daemon=True)
+            worker_thread.start()
         log.info("ready", extra={"model": p.model_ref.name, "version": p.model_ref.version})
         try:
             yield
         finally:
+            if worker_thread is not None:
+                worker.stop()
+                await asyncio.to_thread(worker_thread.join, settings.worker_shutdown_grace_seconds + 15)
             for task in list(app.state.tasks):
                 task.cancel()
             app.state.scoring.close()
+            app.state.store.close()
             if pipeline is None and isinstance(p.backend, MicroBatchingBackend):
                 p.backend.close()
 
@@ -84,6 +102,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.state.tasks = set()
     app.include_router(score.router, tags=["scoring"])
     app.include_router(jobs.router, tags=["jobs"])
+    app.include_router(decisions.router, tags=["decisions"])
     app.include_router(health.router, tags=["operations"])
 
     @app.exception_handler(ModerationError)

@@ -1,0 +1,182 @@
+"""Decisions, their audit trail and dedup lookups, behind one small class (SQLAlchemy Core/ORM, sync).
+
+Writes are insert-or-return-existing on (tenant, video_id): whichever worker stores first wins, and every
+other attempt (a redelivery, a second worker after a rebalance) gets the stored decision back and re-emits its
+flag event verbatim. Thread-safe: one engine, a session per call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.events import FlagEvent
+from service.fingerprint import match_fraction, to_signed, to_unsigned
+from service.schemas import DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
+from service.store.tables import Base, DecisionRow, FrameHashRow
+
+__all__ = ["DecisionStore", "NewDecision", "StoredDecision"]
+
+
+@dataclass(frozen=True)
+class NewDecision:
+    tenant: str
+    origin: DecisionOrigin
+    thresholds: UsedThresholds
+    aggregation: str
+    sha256: str | None
+    flag: FlagEvent
+    frame_hashes: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    id: int
+    tenant: str
+    record: DecisionRecord
+    flag_event_json: bytes  # exactly what was (or will be) produced to the flags topic
+
+
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # the gateway reads while the worker writes
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def _stored(row: DecisionRow) -> StoredDecision:
+    flag = FlagEvent.model_validate_json(row.flag_event)
+    record = DecisionRecord(
+        video_id=row.video_id,
+        decision=flag.decision,
+        score=row.score,
+        reasons=list(row.reasons),
+        origin=row.origin,
+        model=ModelRef(name=row.model_name, version=row.model_version),
+        thresholds=UsedThresholds(review=row.review_threshold, flag=row.flag_threshold),
+        aggregation=row.aggregation,
+        sha256=row.sha256,
+        source_event_id=row.source_event_id,
+        flag_event_id=row.flag_event_id,
+        timings_ms=dict(row.timings_ms),
+        decided_at=flag.decided_at,
+    )
+    return StoredDecision(row.id, row.tenant, record, row.flag_event.encode())
+
+
+class DecisionStore:
+    def __init__(self, url: str) -> None:
+        self.engine = _engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Near-duplicate index: flagged videos' hashes, read incrementally (rows only ever get added).
+        self._flagged: dict[int, list[int]] = {}
+        self._flagged_upto = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def get(self, tenant: str, video_id: str) -> StoredDecision | None:
+        with Session(self.engine) as s:
+            row = s.scalar(
+                select(DecisionRow).where(DecisionRow.tenant == tenant, DecisionRow.video_id == video_id)
+            )
+            return _stored(row) if row else None
+
+    def find_exact(self, sha256: str, tenant: str) -> StoredDecision | None:
+        """A scored decision of byte-identical media: this tenant's first if any, else any tenant's first."""
+        with Session(self.engine) as s:
+            base = select(DecisionRow).where(DecisionRow.sha256 == sha256, DecisionRow.origin == "scored")
+            row = s.scalar(base.where(DecisionRow.tenant == tenant).order_by(DecisionRow.id).limit(1))
+            row = row or s.scalar(base.order_by(DecisionRow.id).limit(1))
+            return _stored(row) if row else None
+
+    def find_near_flagged(
+        self, hashes: Sequence[int], max_distance: int, min_fraction: float
+    ) -> StoredDecision | None:
+        """The best-matching scored-and-flagged video whose frames `hashes` nearly duplicate, if any."""
+        if not hashes:
+            return None
+        index = self._refresh_flagged()
+        best, best_fraction = None, 0.0
+        for decision_id, candidate in index.items():
+            fraction = match_fraction(hashes, candidate, max_distance)
+            if fraction >= min_fraction and fraction > best_fraction:
+                best, best_fraction = decision_id, fraction
+        if best is None:
+            return None
+        with Session(self.engine) as s:
+            row = s.get(DecisionRow, best)
+            return _stored(row) if row else None
+
+    def _refresh_flagged(self) -> dict[int, list[int]]:
+        with self._lock:
+            with Session(self.engine) as s:
+                rows = s.execute(
+                    select(FrameHashRow.id, FrameHashRow.decision_id, FrameHashRow.hash)
+                    .where(FrameHashRow.flagged.is_(True), FrameHashRow.id > self._flagged_upto)
+                    .order_by(FrameHashRow.id)
+                ).all()
+            for row_id, decision_id, h in rows:
+                self._flagged.setdefault(decision_id, []).append(to_unsigned(h))
+                self._flagged_upto = max(self._flagged_upto, row_id)
+            return dict(self._flagged)
+
+    def put(self, new: NewDecision) -> tuple[StoredDecision, bool]:
+        """Store `new` unless (tenant, video_id) already has a decision; returns the stored one and whether
+        it was this call that stored it."""
+        flag = new.flag
+        row = DecisionRow(
+            tenant=new.tenant,
+            video_id=flag.video_id,
+            decision=flag.decision,
+            score=flag.score,
+            reasons=list(flag.reasons),
+            origin=new.origin,
+            model_name=flag.model.name,
+            model_version=flag.model.version,
+            review_threshold=new.thresholds.review,
+            flag_threshold=new.thresholds.flag,
+            aggregation=new.aggregation,
+            sha256=new.sha256,
+            source_event_id=flag.source_event_id,
+            flag_event_id=flag.event_id,
+            timings_ms=flag.timings_ms.model_dump(),
+            flag_event=flag.model_dump_json(),
+            decided_at=flag.decided_at,
+        )
+        try:
+            with self._sessions.begin() as s:
+                s.add(row)
+                s.flush()
+                flagged = flag.decision == "flag" and new.origin == "scored"
+                s.add_all(
+                    FrameHashRow(decision_id=row.id, flagged=flagged, hash=to_signed(h))
+                    for h in new.frame_hashes
+                )
+            return _stored(row), True
+        except IntegrityError:
+            existing = self.get(new.tenant, flag.video_id)
+            if existing is None:  # pragma: no cover - a unique violation means the row exists
+                raise
+            return existing, False

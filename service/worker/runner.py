@@ -1,0 +1,380 @@
+"""The Kafka consumer loop: at-least-once, bounded concurrency, per-video ordering, contiguous commits.
+
+The main thread alone touches the consumer (kafka-python's consumer is not thread-safe): it polls, hands
+records to a thread pool, collects completions and commits. A record's offset is committed only after its
+outcome (flag event or dead letter) was acknowledged by the broker (acks=all, idempotent producer) and, for
+flags, the decision was stored, and only as part of a contiguous completed prefix of its partition. Records
+with the same key (video_id) run one after another; others run concurrently. When too much is buffered the
+partitions are paused (polling continues, so the group membership stays alive). On a rebalance or SIGTERM,
+in-flight events get `worker_shutdown_grace_seconds` to finish; whatever is not done then is simply not
+committed and is redelivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from service.config import Settings
+from service.events import SCHEMA_VERSION
+from service.metrics import (
+    CONSUMER_LAG,
+    EVENT_LATENCY,
+    EVENTS_CONSUMED,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_PRODUCED,
+    WORKER_IN_FLIGHT,
+    WORKER_LAST_DECISION,
+    WORKER_PROCESSING,
+    WORKER_RETRIES,
+)
+from service.worker.handler import EventHandler, Outcome
+from service.worker.offsets import PartitionOffsets
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Partition:
+    tp: TopicPartition
+    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    waiting: dict[bytes, deque[Any]] = field(default_factory=dict)  # key -> records behind the running one
+    running: set[bytes] = field(default_factory=set)  # keys with a record in flight
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class _Done:
+    part: _Partition
+    record: Any
+    key: bytes
+    outcome: Outcome | None  # None: not finished (stopping); the offset stays uncommitted
+    started: float
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.worker._revoke(set(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.worker._assign(set(assigned))
+
+
+class Worker:
+    """Consume `videos.uploaded`, produce `moderation.flags` (and the DLQ), commit what is done."""
+
+    def __init__(self, settings: Settings, handler: EventHandler) -> None:
+        self.s = settings
+        self.handler = handler
+        self.stop_event = threading.Event()
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._completions: queue.Queue[_Done] = queue.Queue()
+        self._in_flight = 0
+        self._buffered = 0
+        self._paused = False
+        self._next_lag = 0.0
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._pool = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="dfguard-event")
+        self.ready = threading.Event()  # set once the consumer has joined its group and has partitions
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Block until `stop()` (or SIGTERM in the CLI); then drain within the grace period and leave."""
+        delay = self.s.worker_retry_backoff_seconds
+        while not self._connect():
+            if self.stop_event.wait(delay):
+                self._pool.shutdown(wait=False)
+                return
+            delay = min(delay * 2, self.s.worker_retry_backoff_max_seconds)
+        assert self._consumer is not None
+        self._consumer.subscribe([self.s.kafka_uploads_topic], listener=_Rebalance(self))
+        log.info("worker: consuming %s as group %s", self.s.kafka_uploads_topic, self.s.kafka_group_id)
+        try:
+            while not self.stop_event.is_set():
+                self._step(poll_ms=200)
+        finally:
+            self._shutdown()
+
+    def _connect(self) -> bool:
+        """Create the producer and consumer; False while no broker answers (the caller retries)."""
+        s = self.s
+        servers = s.kafka_bootstrap_servers.split(",")
+        try:
+            self._producer = self._producer or KafkaProducer(
+                bootstrap_servers=servers,
+                client_id=f"{s.kafka_client_id}-producer",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                request_timeout_ms=s.kafka_request_timeout_ms,
+            )
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=servers,
+                client_id=f"{s.kafka_client_id}-consumer",
+                group_id=s.kafka_group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.kafka_max_poll_records,
+                max_poll_interval_ms=s.kafka_max_poll_interval_ms,
+                session_timeout_ms=s.kafka_session_timeout_ms,
+                heartbeat_interval_ms=max(500, s.kafka_session_timeout_ms // 4),
+                request_timeout_ms=max(s.kafka_request_timeout_ms, s.kafka_session_timeout_ms + 5000),
+            )
+        except KafkaError as exc:
+            log.warning("worker: Kafka at %s unavailable (%s); retrying", s.kafka_bootstrap_servers, exc)
+            return False
+        return True
+
+    def _shutdown(self) -> None:
+        log.info("worker: stopping; %d events in flight", self._in_flight)
+        self._drain(set(self._parts), self.s.worker_shutdown_grace_seconds)
+        self._commit()
+        for part in self._parts.values():
+            self._forget_lag(part.tp)
+        assert self._consumer is not None and self._producer is not None
+        try:
+            self._consumer.close(autocommit=False)
+        finally:
+            self._producer.close(timeout=10)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def _step(self, poll_ms: int) -> None:
+        assert self._consumer is not None
+        self._collect(block=False)
+        self._commit()
+        self._flow_control()
+        records = self._consumer.poll(timeout_ms=poll_ms)
+        for tp, batch in records.items():
+            part = self._parts.get(tp)
+            if part is None:  # not (or no longer) ours: it will be redelivered to the owner
+                continue
+            for record in batch:
+                EVENTS_CONSUMED.labels(topic=tp.topic).inc()
+                part.offsets.take(record.offset)
+                self._buffered += 1
+                key = record.key if record.key is not None else f"\0offset:{record.offset}".encode()
+                if key in part.running:
+                    part.waiting.setdefault(key, deque()).append(record)
+                else:
+                    self._start(part, key, record)
+        if time.monotonic() >= self._next_lag:
+            self._update_lag()
+
+    def _start(self, part: _Partition, key: bytes, record: Any) -> None:
+        part.running.add(key)
+        self._in_flight += 1
+        WORKER_IN_FLIGHT.set(self._in_flight)
+        self._pool.submit(self._process, part, key, record)
+
+    def _process(self, part: _Partition, key: bytes, record: Any) -> None:
+        """Worker thread: decide, then produce and wait for the broker's acknowledgement."""
+        started = time.monotonic()
+        outcome: Outcome | None
+        try:
+            outcome = self.handler.handle(record.value, self.stop_event)
+        except InterruptedError:
+            outcome = None
+        except Exception as exc:  # a bug must neither kill the loop nor block the partition
+            log.exception("worker: event at %s/%d failed unexpectedly", part.tp, record.offset)
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            outcome = self.handler.dead_letter(record.value, record.key, "internal_error", message)
+        if outcome is not None:
+            try:
+                self._produce(record, outcome)
+            except InterruptedError:
+                outcome = None  # stopping: left uncommitted, so it is redelivered
+        self._completions.put(_Done(part, record, key, outcome, started))
+
+    def _produce(self, record: Any, outcome: Outcome) -> None:
+        """Send until acknowledged: a broker outage only delays the event, never loses it."""
+        assert self._producer is not None
+        s = self.s
+        incoming = dict(record.headers or [])
+        trace = incoming.get("trace_id") or uuid.uuid4().hex.encode()
+        if outcome.kind == "flag":
+            topic = s.kafka_flags_topic
+            headers = [("schema_version", str(SCHEMA_VERSION).encode()), ("trace_id", trace)]
+        else:
+            topic = s.kafka_dlq_topic
+            headers = [
+                *list(record.headers or []),
+                *outcome.headers,
+                ("dfg-source-topic", record.topic.encode()),
+                ("dfg-source-partition", str(record.partition).encode()),
+                ("dfg-source-offset", str(record.offset).encode()),
+            ]
+        delay = s.worker_retry_backoff_seconds
+        while True:
+            try:
+                self._producer.send(topic, key=outcome.key, value=outcome.value, headers=headers).get(
+                    timeout=s.kafka_request_timeout_ms / 1000 * 2
+                )
+                return
+            except KafkaError as exc:
+                WORKER_RETRIES.labels(reason="kafka_produce").inc()
+                log.warning("worker: producing to %s failed (%s); retrying in %.1f s", topic, exc, delay)
+                if self.stop_event.wait(delay):
+                    raise InterruptedError("stopping before the outcome was acknowledged") from exc
+                delay = min(delay * 2, s.worker_retry_backoff_max_seconds)
+
+    def _collect(self, block: bool, timeout: float = 0.0) -> bool:
+        """Apply finished events; True if at least one was applied."""
+        applied = False
+        while True:
+            try:
+                done = self._completions.get(block=block and not applied, timeout=timeout or None)
+            except queue.Empty:
+                return applied
+            applied = True
+            self._finish(done)
+
+    def _finish(self, done: _Done) -> None:
+        part = done.part
+        self._in_flight -= 1
+        WORKER_IN_FLIGHT.set(self._in_flight)
+        part.running.discard(done.key)
+        if part.revoked:
+            return
+        outcome = done.outcome
+        if outcome is None:  # stopping: leave this and everything after it uncommitted
+            return
+        self._buffered -= 1
+        part.offsets.done(done.record.offset)
+        if outcome.kind == "flag":
+            EVENTS_PRODUCED.labels(topic=self.s.kafka_flags_topic, decision=outcome.decision or "").inc()
+            WORKER_LAST_DECISION.set_to_current_time()
+            if outcome.uploaded_at is not None:
+                EVENT_LATENCY.observe(max(0.0, (datetime.now(UTC) - outcome.uploaded_at).total_seconds()))
+        else:
+            EVENTS_DEAD_LETTERED.labels(reason=outcome.reason or "unknown").inc()
+        WORKER_PROCESSING.observe(time.monotonic() - done.started)
+        waiting = part.waiting.get(done.key)
+        if waiting:
+            record = waiting.popleft()
+            if not waiting:
+                del part.waiting[done.key]
+            if not self.stop_event.is_set():
+                self._start(part, done.key, record)
+
+    def _commit(self, parts: set[TopicPartition] | None = None) -> None:
+        assert self._consumer is not None
+        offsets = {}
+        for tp, part in self._parts.items():
+            if parts is not None and tp not in parts:
+                continue
+            point = part.offsets.to_commit()
+            if point is not None:
+                offsets[tp] = OffsetAndMetadata(point, "", -1)
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets)
+        except KafkaError as exc:  # the broker or the group is away: committed next time round
+            WORKER_RETRIES.labels(reason="kafka_commit").inc()
+            log.warning("worker: commit failed (%s); will retry", exc)
+            return
+        for tp, meta in offsets.items():
+            self._parts[tp].offsets.committed(meta.offset)
+
+    def _flow_control(self) -> None:
+        assert self._consumer is not None
+        limit = self.s.worker_concurrency + self.s.kafka_max_poll_records
+        assigned = list(self._parts)
+        if not self._paused and self._buffered >= limit:
+            self._consumer.pause(*assigned)
+            self._paused = True
+        elif self._paused and self._buffered < limit // 2 + 1:
+            self._consumer.resume(*assigned)
+            self._paused = False
+
+    # --- rebalances and draining ----------------------------------------------------------------------------
+
+    def _assign(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._parts[tp] = _Partition(tp)
+        if self._paused and self._consumer is not None:
+            self._consumer.resume(*assigned)
+            self._paused = False
+        log.info("worker: assigned %s", sorted(str(tp.partition) for tp in assigned))
+        self._next_lag = 0.0
+        self.ready.set()
+
+    def _revoke(self, revoked: set[TopicPartition]) -> None:
+        log.info("worker: partitions revoked %s", sorted(str(tp.partition) for tp in revoked))
+        self._drain(revoked, self.s.worker_shutdown_grace_seconds)
+        self._commit(revoked)
+        for tp in revoked:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                part.revoked = True
+                self._buffered -= part.offsets.outstanding
+                self._forget_lag(tp)
+
+    def _drain(self, tps: set[TopicPartition], grace: float) -> None:
+        """Let in-flight events of `tps` finish (no new ones start) for at most `grace` seconds."""
+        for tp in tps:
+            part = self._parts.get(tp)
+            if part is not None:
+                self._buffered -= sum(len(q) for q in part.waiting.values())
+                part.waiting.clear()
+        deadline = time.monotonic() + grace
+        while any(self._parts[tp].running for tp in tps if tp in self._parts):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("worker: gave up waiting for in-flight events; they will be redelivered")
+                return
+            self._collect(block=True, timeout=min(left, 0.5))
+
+    # --- lag ------------------------------------------------------------------------------------------------
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        self._next_lag = time.monotonic() + self.s.worker_lag_interval_seconds
+        tps = list(self._parts)
+        if not tps:
+            return
+        try:
+            ends = self._consumer.end_offsets(tps)
+            unknown = [tp for tp in tps if self._parts[tp].offsets.last_committed is None]
+            starts = self._consumer.beginning_offsets(unknown) if unknown else {}
+            for tp in unknown:
+                committed = self._consumer.committed(tp)
+                self._parts[tp].offsets.committed(committed if committed is not None else starts[tp])
+        except KafkaError as exc:
+            log.debug("worker: lag not refreshed: %s", exc)
+            return
+        for tp in tps:
+            base = self._parts[tp].offsets.last_committed
+            if base is not None and tp in ends:
+                CONSUMER_LAG.labels(self.s.kafka_group_id, tp.topic, str(tp.partition)).set(
+                    max(0, ends[tp] - base)
+                )
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(self.s.kafka_group_id, tp.topic, str(tp.partition))

@@ -1,0 +1,212 @@
+"""Every metric selector of the Grafana dashboard and of the alert rules, evaluated by a real Prometheus that
+scrapes the real services, must return series: a panel or an alert over a metric the service never exports
+is caught here, not on the night it was needed.
+
+The services run as they do in the cluster: `dfguard serve` as its own process on the Triton backend, and a
+real `tritonserver` (CPU, from the nvidia-pytriton wheel). Traffic makes the labelled series exist (they
+appear only after an observation): a clip scored (200), an empty upload (400), and a request while Triton is
+down (503), after which Triton comes back and another clip is scored. The test Prometheus labels targets as
+the Prometheus operator does (`job` from the ServiceMonitor's jobLabel, `namespace`) and loads the alert
+rules, which must all evaluate without error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.models import DEFAULT_MANIFEST
+from service.triton.repo import RepoOptions, build_repo
+from service.triton.server import TritonServer
+from tests.ops_tools import (
+    Expr,
+    Prometheus,
+    ScrapeTarget,
+    dashboard_exprs,
+    docs_exprs,
+    metric_name,
+    process,
+    promql_selectors,
+    recording_rules,
+    rule_exprs,
+    write_rules,
+)
+from tests.servers import free_port
+
+pytestmark = [pytest.mark.ops, pytest.mark.triton]
+
+# The one exception the issue allows: Triton exports these only with a GPU (--allow-gpu-metrics on a GPU).
+GPU_ONLY = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
+# PENDING THE WORKER: its metrics are served by `dfguard worker` (job dfguard-worker), which this test does
+# not start yet. When the worker target joins `scrape_targets` below (with traffic through Kafka that makes
+# its labelled series exist), delete this exception: the test then fails on any worker selector left pending.
+PENDING_WORKER_PREFIXES = ("dfguard_worker_", "dfguard_dedup_")
+
+
+def _pending_worker(selector: str) -> bool:
+    """A worker series, or a recorded series computed from worker series only."""
+    name = metric_name(selector)
+    if name in recording_rules():
+        return all(_pending_worker(s) for s in promql_selectors(recording_rules()[name]))
+    return name.startswith(PENDING_WORKER_PREFIXES)
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repo = build_repo(
+        [DEFAULT_MANIFEST],
+        tmp_path_factory.mktemp("ops-triton-repo"),
+        "cpu",
+        RepoOptions(max_batch_size=64, max_queue_delay_microseconds=2000, cpu_threads=1),
+    )
+    with TritonServer(repo) as server:
+        yield server
+
+
+def _wait_ready(url: str, alive: Callable[[], bool], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            pytest.fail(f"dfguard serve exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"dfguard serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`dfguard serve` in its own process (a clean metrics registry), on the test's Triton."""
+    workdir = tmp_path_factory.mktemp("ops-gateway")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
+    env.update(
+        DFG_BACKEND="triton",
+        DFG_TRITON_URL=triton.grpc_url,
+        DFG_TRITON_TIMEOUT_SECONDS="5",
+        DFG_TRITON_RETRIES="0",
+        DFG_TRITON_BREAKER_FAILURES="1",
+        DFG_TRITON_BREAKER_RESET_SECONDS="1",
+        DFG_WORKERS="2",
+        DFG_INFERENCE_THREADS="1",
+        DFG_DATABASE_URL=f"sqlite:///{workdir / 'decisions.sqlite3'}",
+    )
+    log = workdir / "gateway.log"
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with process(cmd, env, log, cwd=workdir) as proc:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, lambda: proc.poll() is None, log)
+        yield url
+
+
+def _post(url: str, name: str, body: bytes) -> int:
+    r = httpx.post(f"{url}/v1/score", files={"file": (name, body, "video/mp4")}, timeout=120)
+    return r.status_code
+
+
+@pytest.fixture(scope="module")
+def traffic(gateway: str, triton: TritonServer, face_clip: Path) -> None:
+    """Observations behind every gateway and Triton series the dashboard and the alerts use."""
+    clip = face_clip.read_bytes()
+    assert _post(gateway, "clip.mp4", clip) == 200  # decisions, stages, inference, Triton counts
+    assert _post(gateway, "empty.mp4", b"") == 400  # dfguard_errors_total{code="empty_media"}, a 4xx
+    triton.kill()
+    assert _post(gateway, "clip.mp4", clip) == 503  # backend_unavailable: the 5xx the error ratio counts
+    triton.start()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{gateway}/readyz", timeout=5).status_code != 200:  # the circuit breaker closes again
+        assert time.monotonic() < deadline, "gateway not ready again after Triton came back"
+        time.sleep(0.3)
+    assert _post(gateway, "clip.mp4", clip) == 200
+
+
+@pytest.fixture(scope="module")
+def scrape_targets(gateway: str, triton: TritonServer, traffic: None) -> list[ScrapeTarget]:
+    """What the ServiceMonitors scrape in the cluster, as jobs of the same names."""
+    return [
+        ScrapeTarget("dfguard-gateway", gateway.removeprefix("http://")),
+        ScrapeTarget("dfguard-triton", f"127.0.0.1:{triton.metrics_port}"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    scrape_targets: list[ScrapeTarget], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    workdir = tmp_path_factory.mktemp("ops-prometheus")
+    with Prometheus(workdir, scrape_targets, free_port(), [write_rules(workdir)]) as prom:
+        deadline = time.monotonic() + 30
+        while True:  # every target scraped and up (at 1-s intervals: a couple of seconds)
+            up = prom.query("up")
+            if len(up) == len(scrape_targets) and all(s["value"][1] == "1" for s in up):
+                break
+            assert time.monotonic() < deadline, f"targets not up: {up}"
+            time.sleep(0.25)
+        time.sleep(2.5)  # two more scrapes: rate() over the window has two samples
+        yield prom
+
+
+def _all_exprs() -> list[Expr]:
+    return [*dashboard_exprs(), *rule_exprs(), *docs_exprs()]
+
+
+def test_every_selector_returns_series(prometheus: Prometheus) -> None:
+    selectors: dict[str, list[str]] = {}
+    for e in _all_exprs():
+        prometheus.api("format_query", query=e.promql)  # parses in Prometheus' own PromQL parser
+        prometheus.query(e.promql)  # and evaluates without error
+        for s in promql_selectors(e.promql):
+            selectors.setdefault(s, []).append(e.where)
+    assert len(selectors) > 40
+
+    # Recorded series appear one evaluation after their inputs have two samples: poll briefly.
+    deadline = time.monotonic() + 15
+    while True:
+        counts = {s: len(prometheus.query(s)) for s in selectors}
+        missing = [
+            f"{s} (used by {', '.join(sorted(set(selectors[s])))})"
+            for s, n in counts.items()
+            if n == 0 and metric_name(s) not in GPU_ONLY and not _pending_worker(s)
+        ]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    stale_pending = [s for s, n in counts.items() if n and _pending_worker(s)]
+    report = [f"{n:4d}  {s}" for s, n in sorted(counts.items())]
+    print("\nseries per selector:\n" + "\n".join(report))
+    assert not missing, "selectors without series:\n" + "\n".join(missing)
+    assert not stale_pending, "the worker serves these now: remove PENDING_WORKER_PREFIXES\n" + "\n".join(
+        stale_pending
+    )
+
+
+def test_triton_names_are_triton_names(prometheus: Prometheus) -> None:
+    """Every nv_* name used is one the real Triton exports (GPU-only names aside)."""
+    exported = set(prometheus.api("label/__name__/values"))
+    used = {metric_name(s) for e in _all_exprs() for s in promql_selectors(e.promql)}
+    nv = {n for n in used if n.startswith("nv_")}
+    assert nv - GPU_ONLY <= exported, (nv - GPU_ONLY) - exported
+    assert nv - GPU_ONLY, "no Triton panel at all?"
+
+
+def test_alert_rules_evaluate_without_error(prometheus: Prometheus) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        groups = prometheus.api("rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if rules and all(not r.get("lastEvaluation", "").startswith("0001-") for r in rules):
+            break
+        assert time.monotonic() < deadline, "rules not evaluated"
+        time.sleep(0.25)
+    assert len(rules) == len(rule_exprs())
+    bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    assert not bad, bad
