@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,3 +104,34 @@ class MediaHost:
         while len(self.callbacks) < n and time.monotonic() < deadline:
             time.sleep(0.05)
         return [json.loads(b) for _, b in self.callbacks]
+
+
+class FlakyMediaHost:
+    """An HTTP media host on 127.0.0.1 that answers 503 for the first `failures` requests of each path."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        self.hits: Counter[str] = Counter()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.hits[self.path] += 1
+                if outer.hits[self.path] <= failures:
+                    self.send_error(503)
+                    return
+                data = (root / self.path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -11,7 +11,7 @@ from service import metrics
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
 from service.inference.batcher import MicroBatchingBackend
-from service.models import DEFAULT_MANIFEST
+from service.models import UNTRAINED_MANIFEST
 
 
 def _calls(model: str) -> float:
@@ -19,7 +19,7 @@ def _calls(model: str) -> float:
 
 
 def test_concurrent_callers_share_one_backend_call() -> None:
-    inner = OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=1)
+    inner = OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=1)
     (m,) = inner.models
     batcher = MicroBatchingBackend(inner, max_batch=64, max_wait_ms=300)
     rng = np.random.default_rng(1)
@@ -45,7 +45,7 @@ def test_concurrent_callers_share_one_backend_call() -> None:
 
 
 def test_batches_respect_max_batch() -> None:
-    inner = OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=1)
+    inner = OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=1)
     (m,) = inner.models
     batcher = MicroBatchingBackend(inner, max_batch=4, max_wait_ms=200)
     crops = np.zeros((3, m.input_size, m.input_size, 3), np.uint8)
@@ -60,7 +60,7 @@ def test_batches_respect_max_batch() -> None:
 
 
 def test_errors_reach_every_caller_and_a_stopped_batcher_is_unavailable() -> None:
-    inner = OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=1)
+    inner = OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=1)
     batcher = MicroBatchingBackend(inner, max_wait_ms=1)
     with pytest.raises(ValueError, match="expects"):
         batcher.predict("dfguard-untrained-mini", np.zeros((1, 8, 8, 3), np.uint8))

@@ -2,12 +2,13 @@
 scrapes the real services, must return series: a panel or an alert over a metric the service never exports
 is caught here, not on the night it was needed.
 
-The services run as they do in the cluster: `dfguard serve` as its own process on the Triton backend, and a
-real `tritonserver` (CPU, from the nvidia-pytriton wheel). Traffic makes the labelled series exist (they
-appear only after an observation): a clip scored (200), an empty upload (400), and a request while Triton is
-down (503), after which Triton comes back and another clip is scored. The test Prometheus labels targets as
-the Prometheus operator does (`job` from the ServiceMonitor's jobLabel, `namespace`) and loads the alert
-rules, which must all evaluate without error.
+The services run as they do in the cluster: `dfguard serve` and `dfguard worker` as their own processes on
+the Triton backend, a real `tritonserver` (CPU, from the nvidia-pytriton wheel) and a real Kafka broker.
+Traffic makes the labelled series exist (they appear only after an observation): a clip scored (200), an
+empty upload (400), and a request while Triton is down (503), after which Triton comes back and another clip
+is scored; upload events through Kafka for the worker's series. The test Prometheus labels targets as the
+Prometheus operator does (`job` from the ServiceMonitor's jobLabel, `namespace`) and loads the alert rules,
+which must all evaluate without error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pytest
 from service.models import DEFAULT_MANIFEST
 from service.triton.repo import RepoOptions, build_repo
 from service.triton.server import TritonServer
+from tests.kafka_broker import KafkaBroker
+from tests.kafka_tools import Producer, Topics, create_topics, file_uri, read_topic, upload_event
 from tests.ops_tools import (
     Expr,
     Prometheus,
@@ -33,28 +36,15 @@ from tests.ops_tools import (
     metric_name,
     process,
     promql_selectors,
-    recording_rules,
     rule_exprs,
     write_rules,
 )
-from tests.servers import free_port
+from tests.servers import FlakyMediaHost, free_port
 
-pytestmark = [pytest.mark.ops, pytest.mark.triton]
+pytestmark = [pytest.mark.ops, pytest.mark.triton, pytest.mark.kafka]
 
 # The one exception the issue allows: Triton exports these only with a GPU (--allow-gpu-metrics on a GPU).
 GPU_ONLY = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
-# PENDING THE WORKER: its metrics are served by `dfguard worker` (job dfguard-worker), which this test does
-# not start yet. When the worker target joins `scrape_targets` below (with traffic through Kafka that makes
-# its labelled series exist), delete this exception: the test then fails on any worker selector left pending.
-PENDING_WORKER_PREFIXES = ("dfguard_worker_", "dfguard_dedup_")
-
-
-def _pending_worker(selector: str) -> bool:
-    """A worker series, or a recorded series computed from worker series only."""
-    name = metric_name(selector)
-    if name in recording_rules():
-        return all(_pending_worker(s) for s in promql_selectors(recording_rules()[name]))
-    return name.startswith(PENDING_WORKER_PREFIXES)
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +120,62 @@ def traffic(gateway: str, triton: TritonServer, face_clip: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def scrape_targets(gateway: str, triton: TritonServer, traffic: None) -> list[ScrapeTarget]:
+def worker(
+    triton: TritonServer, kafka: KafkaBroker, face_clip: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`dfguard worker` in its own process on the test's Triton and Kafka, with traffic behind every labelled
+    worker series: a good event, a repost (dedup hit), a poison event (DLQ) and a fetch that fails once
+    (a retry). Yields its metrics address."""
+    workdir = tmp_path_factory.mktemp("ops-worker")
+    media = workdir / "media"
+    media.mkdir()
+    (media / "clip.mp4").write_bytes(face_clip.read_bytes())
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=2)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
+    env.update(
+        topics.env(),
+        DFG_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
+        DFG_KAFKA_SESSION_TIMEOUT_MS="6000",
+        DFG_BACKEND="triton",
+        DFG_TRITON_URL=triton.grpc_url,
+        DFG_INFERENCE_THREADS="1",
+        DFG_WORKER_CONCURRENCY="2",
+        DFG_WORKER_METRICS_PORT=str(port),
+        DFG_WORKER_RETRY_BACKOFF_SECONDS="0.1",
+        DFG_FILE_URI_ROOT=str(media),
+        DFG_FETCH_ALLOW_HOSTS='["127.0.0.1"]',
+        DFG_DATABASE_URL=f"sqlite:///{workdir / 'decisions.sqlite3'}",
+    )
+    host = FlakyMediaHost(media, failures=1)
+    producer = Producer(kafka.bootstrap)
+    try:
+        with process(
+            [sys.executable, "-m", "service.cli", "worker"], env, workdir / "worker.log", cwd=workdir
+        ):
+            producer.send(topics.uploads, upload_event("ops-1", file_uri(media / "clip.mp4")))
+            assert read_topic(kafka.bootstrap, topics.flags, 1, timeout=120), (
+                workdir / "worker.log"
+            ).read_text()
+            producer.send(
+                topics.uploads, upload_event("ops-2", f"{host.url}/clip.mp4")
+            )  # a retry, then a repost
+            producer.send(topics.uploads, b"not an event", key="ops-3")
+            assert len(read_topic(kafka.bootstrap, topics.flags, 2, timeout=60)) == 2
+            assert read_topic(kafka.bootstrap, topics.dlq, 1, timeout=60)
+            yield f"127.0.0.1:{port}"
+    finally:
+        producer.close()
+        host.close()
+
+
+@pytest.fixture(scope="module")
+def scrape_targets(gateway: str, triton: TritonServer, worker: str, traffic: None) -> list[ScrapeTarget]:
     """What the ServiceMonitors scrape in the cluster, as jobs of the same names."""
     return [
         ScrapeTarget("dfguard-gateway", gateway.removeprefix("http://")),
+        ScrapeTarget("dfguard-worker", worker),
         ScrapeTarget("dfguard-triton", f"127.0.0.1:{triton.metrics_port}"),
     ]
 
@@ -175,18 +217,14 @@ def test_every_selector_returns_series(prometheus: Prometheus) -> None:
         missing = [
             f"{s} (used by {', '.join(sorted(set(selectors[s])))})"
             for s, n in counts.items()
-            if n == 0 and metric_name(s) not in GPU_ONLY and not _pending_worker(s)
+            if n == 0 and metric_name(s) not in GPU_ONLY
         ]
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    stale_pending = [s for s, n in counts.items() if n and _pending_worker(s)]
     report = [f"{n:4d}  {s}" for s, n in sorted(counts.items())]
     print("\nseries per selector:\n" + "\n".join(report))
     assert not missing, "selectors without series:\n" + "\n".join(missing)
-    assert not stale_pending, "the worker serves these now: remove PENDING_WORKER_PREFIXES\n" + "\n".join(
-        stale_pending
-    )
 
 
 def test_triton_names_are_triton_names(prometheus: Prometheus) -> None:

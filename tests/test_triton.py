@@ -19,7 +19,7 @@ from service.config import Settings
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
 from service.inference.triton import TritonBackend
-from service.models import DEFAULT_MANIFEST
+from service.models import UNTRAINED_MANIFEST
 from service.pipeline import Pipeline, build_detector
 from service.triton.repo import RepoOptions, build_repo
 from service.triton.server import TritonServer
@@ -33,7 +33,7 @@ MEMBER = "dfguard-untrained-mini"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repo = build_repo(
-        [DEFAULT_MANIFEST],
+        [UNTRAINED_MANIFEST],
         tmp_path_factory.mktemp("repo"),
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=20_000, cpu_threads=1),
@@ -44,11 +44,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def embedded() -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=1)
+    return OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=1)
 
 
 def _backend(server: TritonServer, **kw: float) -> TritonBackend:
-    return TritonBackend([DEFAULT_MANIFEST], server.grpc_url, timeout_seconds=5, **kw)  # type: ignore[arg-type]
+    return TritonBackend([UNTRAINED_MANIFEST], server.grpc_url, timeout_seconds=5, **kw)  # type: ignore[arg-type]
 
 
 def _stats(server: TritonServer, model: str) -> tuple[int, int]:
@@ -161,7 +161,7 @@ def test_gateway_turns_a_triton_outage_into_503_and_recovers(server: TritonServe
 
 
 def test_shared_memory_parity_and_restart(server: TritonServer, embedded: OnnxRuntimeBackend) -> None:
-    backend = TritonBackend([DEFAULT_MANIFEST], server.grpc_url, timeout_seconds=5, shared_memory=True)
+    backend = TritonBackend([UNTRAINED_MANIFEST], server.grpc_url, timeout_seconds=5, shared_memory=True)
     crops = np.random.default_rng(2).integers(0, 256, (20, 224, 224, 3), dtype=np.uint8)
     want = embedded.predict(MEMBER, crops)
     np.testing.assert_allclose(backend.predict_many({MEMBER: crops})[MEMBER], want, atol=1e-5, rtol=0)

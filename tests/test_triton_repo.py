@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import stat
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from service.models import DEFAULT_MANIFEST
+from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST
 from service.triton.repo import build_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def _config(path: Path) -> model_config_pb2.ModelConfig:
 
 @pytest.mark.parametrize("target", ["gpu", "cpu"])
 def test_configs_parse_and_wire_the_ensemble(tmp_path: Path, target: str) -> None:
-    repo = build_repo([DEFAULT_MANIFEST], tmp_path, target)  # type: ignore[arg-type]
+    repo = build_repo([UNTRAINED_MANIFEST], tmp_path, target)  # type: ignore[arg-type]
     member = _config(repo / "dfguard-untrained-mini" / "config.pbtxt")
     ensemble = _config(repo / "ensemble" / "config.pbtxt")
     if target == "gpu":
@@ -50,11 +51,8 @@ def test_configs_parse_and_wire_the_ensemble(tmp_path: Path, target: str) -> Non
 def test_committed_repository_is_up_to_date(tmp_path: Path) -> None:
     build_repo([DEFAULT_MANIFEST], tmp_path, "gpu", copy_models=False)
     committed = ROOT / "model_repository"
-    for rel in (
-        "dfguard-untrained-mini/config.pbtxt",
-        "dfguard-untrained-mini/1/model.json",
-        "ensemble/config.pbtxt",
-    ):
+    name = json.loads(DEFAULT_MANIFEST.read_text())["name"]
+    for rel in (f"{name}/config.pbtxt", f"{name}/1/model.json", "ensemble/config.pbtxt"):
         assert filecmp.cmp(committed / rel, tmp_path / rel, shallow=False), (
             f"regenerate model_repository: {rel}"
         )
@@ -62,7 +60,7 @@ def test_committed_repository_is_up_to_date(tmp_path: Path) -> None:
 
 def test_plan_build_script_calls_trtexec_per_member(tmp_path: Path) -> None:
     """trtexec needs a GPU and NVIDIA's image: a stand-in on PATH records what the script asks of it."""
-    repo = build_repo([DEFAULT_MANIFEST], tmp_path / "repo", "gpu")
+    repo = build_repo([UNTRAINED_MANIFEST], tmp_path / "repo", "gpu")
     fake = tmp_path / "bin" / "trtexec"
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\necho "$@" >> "$TRTEXEC_LOG"\n')
@@ -84,7 +82,7 @@ def test_plan_build_script_calls_trtexec_per_member(tmp_path: Path) -> None:
 
 
 def test_plan_build_script_refuses_a_configs_only_repo(tmp_path: Path) -> None:
-    repo = build_repo([DEFAULT_MANIFEST], tmp_path / "repo", "gpu", copy_models=False)
+    repo = build_repo([UNTRAINED_MANIFEST], tmp_path / "repo", "gpu", copy_models=False)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     (tmp_path / "trtexec").write_text("#!/bin/sh\nexit 0\n")
     (tmp_path / "trtexec").chmod(0o755)

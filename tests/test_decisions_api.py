@@ -1,0 +1,44 @@
+"""`GET /v1/decisions/{video_id}` on a real gateway: stored decisions, tenant-scoped, typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from service.config import Settings
+from service.store import DecisionStore
+from tests.servers import gateway
+from tests.test_store import _new
+
+
+def test_decisions_are_read_per_tenant(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'decisions.sqlite3'}"
+    store = DecisionStore(url)
+    store.put(_new("vid-9", tenant="acme", decision="flag"))
+    store.put(_new("vid-9", tenant="globex", decision="allow"))
+    settings = Settings(database_url=url, api_keys={"key-acme": "acme", "key-globex": "globex:read"})
+    with gateway(settings) as (base, _):
+        acme = httpx.get(f"{base}/v1/decisions/vid-9", headers={"authorization": "Bearer key-acme"})
+        globex = httpx.get(f"{base}/v1/decisions/vid-9", headers={"authorization": "Bearer key-globex"})
+        missing = httpx.get(f"{base}/v1/decisions/nope", headers={"authorization": "Bearer key-acme"})
+        anonymous = httpx.get(f"{base}/v1/decisions/vid-9")
+    assert acme.status_code == 200 and acme.json()["decision"] == "flag"
+    body = acme.json()
+    assert body["origin"] == "scored" and body["thresholds"] == {"review": 0.5, "flag": 0.8}
+    assert body["source_event_id"] == "ev-1" and body["model"] == {"name": "m", "version": "1"}
+    assert globex.status_code == 200 and globex.json()["decision"] == "allow", "read-only keys may read"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+
+
+def test_an_unreachable_store_is_a_503_not_a_crash(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'decisions.sqlite3'}"
+    with gateway(Settings(database_url=url)) as (base, app):
+        app.state.store.engine.dispose()
+        (tmp_path / "decisions.sqlite3").unlink()
+        (tmp_path / "decisions.sqlite3").mkdir()  # the database file is gone and cannot be recreated
+        r = httpx.get(f"{base}/v1/decisions/x")
+        health = httpx.get(f"{base}/healthz")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+    assert health.status_code == 200

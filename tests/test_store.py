@@ -1,0 +1,197 @@
+"""The decision store on SQLite and on a real PostgreSQL: idempotent writes, dedup and near-duplicates."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.config import Settings
+from service.events import FlagEvent, FlagTimings
+from service.fingerprint import frame_hashes, match_fraction, to_signed, to_unsigned
+from service.media import load_media
+from service.schemas import ModelRef, UsedThresholds
+from service.store import DecisionStore, NewDecision
+from service.worker.offsets import PartitionOffsets
+from tests import media_factory as mf
+from tests.postgres_server import PostgresServer
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        pg: PostgresServer = request.getfixturevalue("postgres")
+        url = pg.url
+    s = DecisionStore(url)
+    yield s
+    if request.param == "postgresql":  # one cluster for the session: leave it empty for the next test
+        with s.engine.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE decisions, frame_hashes RESTART IDENTITY")
+    s.close()
+
+
+def _new(
+    video_id: str,
+    *,
+    tenant: str = "acme",
+    decision: str = "allow",
+    sha: str | None = "ab" * 32,
+    hashes: tuple[int, ...] = (),
+    origin: str = "scored",
+    event: str = "ev-1",
+) -> NewDecision:
+    flag = FlagEvent(
+        event_id=f"flag-{tenant}-{video_id}",
+        video_id=video_id,
+        tenant=tenant,
+        decision=decision,  # type: ignore[arg-type]
+        score=0.9 if decision == "flag" else 0.1,
+        reasons=["untrained_model"],
+        model=ModelRef(name="m", version="1"),
+        top_frames=[],
+        timings_ms=FlagTimings(fetch=1.0, total=5.0),
+        decided_at=datetime(2026, 11, 27, tzinfo=UTC),
+        source_event_id=event,
+    )
+    return NewDecision(
+        tenant=tenant,
+        origin=origin,  # type: ignore[arg-type]
+        thresholds=UsedThresholds(review=0.5, flag=0.8),
+        aggregation="confident",
+        sha256=sha,
+        flag=flag,
+        frame_hashes=hashes,
+    )
+
+
+def test_put_is_idempotent_and_the_first_decision_wins(store: DecisionStore) -> None:
+    first, created = store.put(_new("v1", decision="flag", event="ev-1"))
+    assert created and first.record.decision == "flag"
+    again, created = store.put(_new("v1", decision="allow", event="ev-2"))
+    assert not created
+    assert again.flag_event_json == first.flag_event_json and again.record.source_event_id == "ev-1"
+    assert store.get("acme", "v1") == first
+    assert store.get("globex", "v1") is None, "tenant-scoped"
+    audit = first.record
+    assert audit.thresholds == UsedThresholds(review=0.5, flag=0.8) and audit.aggregation == "confident"
+    assert audit.model == ModelRef(name="m", version="1") and audit.timings_ms["total"] == 5.0
+
+
+def test_concurrent_writers_of_one_video_agree(store: DecisionStore) -> None:
+    results: list[bytes] = []
+    barrier = threading.Barrier(6)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        stored, _ = store.put(_new("race", decision="flag" if i % 2 else "allow", event=f"ev-{i}"))
+        results.append(stored.flag_event_json)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6 and len(set(results)) == 1, "every writer returns the one stored decision"
+
+
+def test_exact_lookup_prefers_the_tenant_and_only_scored_decisions(store: DecisionStore) -> None:
+    sha = "cd" * 32
+    store.put(_new("dup", tenant="acme", sha=sha, origin="duplicate"))
+    assert store.find_exact(sha, "acme") is None, "a duplicate is never the source of another"
+    store.put(_new("theirs", tenant="globex", sha=sha))
+    store.put(_new("ours", tenant="acme", sha=sha))
+    hit = store.find_exact(sha, "acme")
+    assert hit is not None and hit.record.video_id == "ours"
+    other = store.find_exact(sha, "initech")
+    assert other is not None and other.tenant == "globex"
+
+
+def _random_hashes(seed: int, n: int = 8) -> tuple[int, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple(int(h) for h in rng.integers(0, 1 << 63, size=n, dtype=np.int64))
+
+
+def test_near_duplicate_lookup_sees_only_flagged_scored_videos(store: DecisionStore) -> None:
+    real, fake, other, later = (_random_hashes(seed) for seed in (1, 2, 3, 4))
+    store.put(_new("real", decision="allow", hashes=real, sha="01" * 32))
+    store.put(_new("fake", decision="flag", hashes=fake, sha="02" * 32))
+    near = tuple(h ^ 0b101 for h in fake)  # 2 bits off each frame
+    hit = store.find_near_flagged(near, max_distance=4, min_fraction=0.75)
+    assert hit is not None and hit.record.video_id == "fake"
+    assert store.find_near_flagged(real, 4, 0.75) is None, "allowed clips never match"
+    assert store.find_near_flagged(other, 4, 0.75) is None
+    half = near[:4] + other[:4]
+    assert store.find_near_flagged(half, 4, 0.75) is None, "too few matching frames"
+    # Incremental: a flag stored after the first lookup is seen by the next one.
+    store.put(_new("fake2", decision="flag", hashes=later, sha="03" * 32))
+    hit = store.find_near_flagged(tuple(h ^ 1 for h in later), 4, 0.75)
+    assert hit is not None and hit.record.video_id == "fake2"
+
+
+def test_store_failures_surface_as_sqlalchemy_errors(tmp_path: Path) -> None:
+    """The worker maps these to retries; the gateway to 503."""
+    from sqlalchemy.exc import OperationalError
+
+    with pytest.raises(OperationalError):
+        DecisionStore("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+# --- fingerprints and offsets (pure) ---------------------------------------------------------------------
+
+
+def test_re_encoded_clip_hashes_close_and_another_face_does_not(tmp_path: Path) -> None:
+    a = mf.make_face_clip(tmp_path / "a.mp4", seconds=2.0, width=640, height=360)
+    a2 = mf.make_face_clip(tmp_path / "a2.mp4", seconds=2.0, width=480, height=270, crf=34)
+    b = mf.make_face_clip(tmp_path / "b.mp4", seconds=2.0, width=640, height=360, photo="grace_hopper")
+    ha, ha2, hb = (frame_hashes(load_media(p, Settings()).frames, 8) for p in (a, a2, b))
+    assert len(ha) == 8
+    assert match_fraction(ha2, ha, 10) >= 0.75
+    assert match_fraction(hb, ha, 10) < 0.75
+
+
+@given(st.integers(min_value=0, max_value=(1 << 64) - 1))
+def test_signed_round_trip(h: int) -> None:
+    assert to_unsigned(to_signed(h)) == h and -(1 << 63) <= to_signed(h) < 1 << 63
+
+
+@settings(max_examples=200)
+@given(st.permutations(list(range(10))), st.integers(min_value=0, max_value=10))
+def test_commit_point_is_one_past_the_contiguous_completed_prefix(order: list[int], n_done: int) -> None:
+    offsets = PartitionOffsets()
+    for o in range(10):
+        offsets.take(100 + o)
+    finished = set(order[:n_done])
+    for o in order[:n_done]:
+        offsets.done(100 + o)
+    prefix = next((i for i in range(10) if i not in finished), 10)
+    expected = None if prefix == 0 else 100 + prefix
+    assert offsets.commit_point == expected
+    assert offsets.outstanding == 10 - prefix
+    if expected is not None:
+        assert offsets.to_commit() == expected
+        offsets.committed(expected)
+        assert offsets.to_commit() is None
+
+
+def test_offsets_must_be_taken_in_order() -> None:
+    offsets = PartitionOffsets()
+    offsets.take(5)
+    with pytest.raises(ValueError):
+        offsets.take(5)
+
+
+def test_match_fraction_counts_frames_within_the_distance() -> None:
+    q = [0b0000, 0b1111, 0b1111 << 60]  # 1, 3 and 5 bits from c
+    c = [0b0001]
+    assert match_fraction(q, c, 1) == pytest.approx(1 / 3)
+    assert match_fraction(q, c, 3) == pytest.approx(2 / 3)
+    assert match_fraction([], c, 3) == 0.0
+    assert np.isclose(match_fraction(q, q, 0), 1.0)
