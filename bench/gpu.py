@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import percentile, platform_info
-from service.models import DEFAULT_MANIFEST, load_manifest
+from service.models import UNTRAINED_MANIFEST, load_manifest
 
 
 def _time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None) -> list[float]:
@@ -59,13 +59,13 @@ def _torch_rows(batches: list[int], repeats: int) -> tuple[list[dict[str, Any]],
         return [], f"torch/onnx not installed: {exc}"
     if not torch.cuda.is_available():
         return [], "torch has no CUDA device"
-    manifest, path = load_manifest(DEFAULT_MANIFEST)
+    manifest, path = load_manifest(UNTRAINED_MANIFEST)
     w = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
         for i in onnx.load(str(path)).graph.initializer
     }
 
-    class Mini(torch.nn.Module):  # type: ignore[misc]  # the bundled untrained-mini graph, same weights
+    class Mini(torch.nn.Module):  # type: ignore[misc,unused-ignore]  # the bundled untrained-mini graph, same weights
         def forward(self, x: Any) -> Any:
             x = (x.permute(0, 3, 1, 2).float() - w["mean255"].to(x.device)) / w["std255"].to(x.device)
             for i in range(4):
@@ -104,7 +104,7 @@ def _torch_rows(batches: list[int], repeats: int) -> tuple[list[dict[str, Any]],
 def _ort_rows(batches: list[int], repeats: int) -> tuple[list[dict[str, Any]], str | None]:
     import onnxruntime as ort
 
-    manifest, path = load_manifest(DEFAULT_MANIFEST)
+    manifest, path = load_manifest(UNTRAINED_MANIFEST)
     available = ort.get_available_providers()
     rows: list[dict[str, Any]] = []
     tried: list[tuple[str, str, str, dict[str, Any]]] = [

@@ -27,7 +27,7 @@ import numpy as np
 from bench.common import percentile, platform_info
 from service.inference import OnnxRuntimeBackend
 from service.inference.triton import TritonBackend
-from service.models import DEFAULT_MANIFEST
+from service.models import UNTRAINED_MANIFEST
 from service.triton.repo import RepoOptions, build_repo
 from service.triton.server import TritonServer
 
@@ -56,18 +56,18 @@ def _stats(server: TritonServer, model: str) -> tuple[int, int]:
 def run(
     batches: list[int], repeats: int, concurrency: int, rounds: int, threads: int, delay_us: int, shm: bool
 ) -> dict[str, Any]:
-    embedded = OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=threads)
+    embedded = OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=threads)
     (m,) = embedded.models
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         repo = build_repo(
-            [DEFAULT_MANIFEST],
+            [UNTRAINED_MANIFEST],
             Path(tmp),
             "cpu",
             RepoOptions(max_batch_size=64, max_queue_delay_microseconds=delay_us, cpu_threads=threads),
         )
         with TritonServer(repo) as server:
-            backend = TritonBackend([DEFAULT_MANIFEST], server.grpc_url, shared_memory=shm)
+            backend = TritonBackend([UNTRAINED_MANIFEST], server.grpc_url, shared_memory=shm)
             rows = []
             for batch in batches:
                 crops = rng.integers(0, 256, (batch, m.input_size, m.input_size, 3), dtype=np.uint8)

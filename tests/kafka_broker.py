@@ -81,7 +81,6 @@ class KafkaBroker:
             "num.partitions": str(self.partitions),
             "auto.create.topics.enable": "true",
             "log.dirs": str(self.dir / "data"),
-            "log.flush.interval.messages": "1",  # a kill -9 of the broker loses nothing acknowledged
         }
         (self.dir / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.dir / "log4j2.properties").write_text(_LOG4J)

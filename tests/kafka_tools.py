@@ -81,11 +81,19 @@ class Producer:
         value: dict[str, Any] | bytes | None,
         key: str | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
+        """Send one record; `wait`: until the broker acknowledged it (else see `flush`)."""
         raw = json.dumps(value).encode() if isinstance(value, dict) else value
         if key is None and isinstance(value, dict):
             key = str(value.get("video_id"))
-        self._p.send(topic, key=key.encode() if key else None, value=raw, headers=headers or []).get(30)
+        future = self._p.send(topic, key=key.encode() if key else None, value=raw, headers=headers or [])
+        if wait:
+            future.get(30)
+
+    def flush(self) -> None:
+        self._p.flush(30)
 
     def close(self) -> None:
         self._p.close()

@@ -283,3 +283,23 @@ def test_a_5xx_fails_the_run(tmp_path: Path) -> None:
     assert summary["server_5xx"] > 0 and not summary["passed"]
     assert summary["error_codes"].get("deadline_exceeded", 0) > 0
     assert summary["server_alive_after"] is True and summary["healthz_after"] == 200
+
+
+@pytest.mark.kafka
+def test_kafka_smoke_load_accounts_for_every_event(tmp_path: Path, kafka: Any) -> None:
+    """`python -m loadtest.kafka` against a real `dfguard worker` on the session's broker: every event ends
+    as a flag or a dead letter, the worker survives (the exit code says so); timing is only reported."""
+    out = tmp_path / "kafka-load"
+    load = ["--rate", "2", "--duration", "10", "--drain", "90", "--bootstrap", kafka.bootstrap]
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.kafka", *load, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "kafka_load.json").read_text())
+    assert summary["passed"] and not summary["lost"] and summary["worker_alive_after"]
+    assert sum(summary["outcomes"].values()) == summary["events"] > 5
+    assert summary["lag_samples"] > 0 and (out / "kafka_load.png").stat().st_size > 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -104,6 +106,10 @@ class EventHandler:
         self.store = store
         self.policy = FetchPolicy.from_settings(settings)
         self.thresholds = UsedThresholds(review=pipeline.thresholds.review, flag=pipeline.thresholds.flag)
+        self.scratch = tempfile.mkdtemp(prefix="dfguard-worker-")  # fetched media, one file per event
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     # --- entry point -------------------------------------------------------------------------------------
 
@@ -170,8 +176,12 @@ class EventHandler:
             existing = self.store.get(upload.tenant, upload.video_id)
             if existing is not None:
                 return existing  # a redelivery: the same decision, the same bytes
-            with tempfile.TemporaryDirectory(prefix="dfguard-event-") as tmp:
-                return self.store.put(self._analyse(upload, Path(tmp) / "media"))[0]
+            fd, name = tempfile.mkstemp(prefix="dfguard-event-", dir=self.scratch)
+            os.close(fd)
+            try:
+                return self.store.put(self._analyse(upload, Path(name)))[0]
+            finally:
+                Path(name).unlink(missing_ok=True)
         except SQLAlchemyError as exc:
             raise _Transient("store_unavailable", f"decision store: {type(exc).__name__}: {exc}") from exc
 

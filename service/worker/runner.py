@@ -160,6 +160,7 @@ class Worker:
         finally:
             self._producer.close(timeout=10)
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self.handler.close()
 
     # --- the loop ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,292 @@
+"""Kafka producer load for the worker: upload events at open-loop arrival rates, flags and dead letters back.
+
+    python -m loadtest.kafka --rate 2 --duration 30 [--spike-rate 10 --spike-at 10 --spike-for 5]
+                             [--mix short_clip=0.5,...] [--bootstrap HOST:PORT] [--out DIR]
+
+Without `--bootstrap` it starts its own Apache Kafka broker (tests/kafka_broker.py) on 127.0.0.1; it always
+starts a real `dfguard worker` process on fresh topics. The mix is the gateway load's (short and long clips,
+images, reposts, bad files), written once under `OUT/media` and sent as file:// URIs. Every event is accounted
+for: a flag event (matched by `source_event_id`) or a dead letter (matched by the event's bytes). Event->flag
+latency runs from the scheduled send time to the flag's arrival at a consumer here. The worker's lag gauge and
+the true lag (broker end offsets minus the group's committed offsets) are sampled every second.
+
+Writes `OUT/kafka_load.json` and `OUT/kafka_load.png`; exits 1 when an event was lost (neither flagged nor
+dead-lettered within `--drain` seconds after the last send) or the worker died, never on latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kafka import KafkaConsumer
+from matplotlib.figure import Figure
+
+from bench.common import percentile, platform_info
+from loadtest.generator import Profile, build_schedule, parse_gauges
+from loadtest.mix import DEFAULT_CACHE_DIR, DEFAULT_WEIGHTS, build_media, parse_mix
+from tests.kafka_broker import KafkaBroker
+from tests.kafka_tools import Producer, Topics, committed_and_end, create_topics, upload_event
+from tests.servers import free_port
+
+__all__ = ["run"]
+
+
+@dataclass
+class _Sent:
+    event_id: str
+    kind: str
+    at: float  # scheduled, seconds from the start
+    sent: float | None = None
+    outcome: str | None = None  # "flag:<decision>" or "dlq:<code>"
+    done: float | None = None
+
+
+@dataclass
+class _State:
+    sent: dict[str, _Sent] = field(default_factory=dict)
+    by_value: dict[bytes, str] = field(default_factory=dict)  # event bytes -> event_id (for dead letters)
+    lag: list[tuple[float, float, float]] = field(default_factory=list)  # (t, gauge, true)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextmanager
+def _broker(bootstrap: str | None) -> Iterator[str]:
+    if bootstrap:
+        yield bootstrap
+        return
+    with KafkaBroker() as broker:
+        yield broker.bootstrap
+
+
+def _collect(bootstrap: str, topics: Topics, state: _State, t0: float, stop: threading.Event) -> None:
+    consumer = KafkaConsumer(
+        topics.flags, topics.dlq, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    try:
+        while not stop.is_set():
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                now = time.perf_counter() - t0
+                for r in batch:
+                    with state.lock:
+                        if tp.topic == topics.flags:
+                            flag = json.loads(r.value)
+                            item = state.sent.get(flag["source_event_id"])
+                            outcome = f"flag:{flag['decision']}"
+                        else:
+                            item = state.sent.get(state.by_value.get(r.value, ""))
+                            outcome = f"dlq:{dict(r.headers).get('dfg-error-code', b'?').decode()}"
+                        if item is not None and item.outcome is None:
+                            item.outcome, item.done = outcome, now
+    finally:
+        consumer.close()
+
+
+def _sample_lag(
+    bootstrap: str, topics: Topics, metrics_url: str, state: _State, t0: float, stop: threading.Event
+) -> None:
+    while not stop.wait(1.0):
+        try:
+            text = httpx.get(metrics_url, timeout=2).text
+            gauge = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("dfguard_worker_consumer_lag{")
+            )
+            committed, end = committed_and_end(bootstrap, topics.group, topics.uploads)
+        except (httpx.HTTPError, OSError, ValueError):
+            continue
+        true = float(sum(end[p] - committed.get(p, 0) for p in end))
+        with state.lock:
+            state.lag.append((time.perf_counter() - t0, gauge, true))
+
+
+def _worker(
+    bootstrap: str, topics: Topics, media_root: Path, metrics_port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **topics.env(),
+        "DFG_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DFG_FILE_URI_ROOT": str(media_root),
+        "DFG_WORKER_METRICS_PORT": str(metrics_port),
+        "DFG_DATABASE_URL": f"sqlite:///{log.parent / 'decisions.sqlite3'}",
+    }
+    exe = str(Path(sys.executable).with_name("dfguard"))
+    return subprocess.Popen([exe, "worker"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the load; write the summary JSON and the PNG into `args.out`; return the summary."""
+    out: Path = args.out
+    media_root = out / "media"
+    media_root.mkdir(parents=True, exist_ok=True)
+    media = build_media(args.cache)
+    for files in media.values():
+        for m in files:
+            (media_root / m.name).write_bytes(m.data)
+    profile = Profile(
+        "spike" if args.spike_rate else "constant", args.rate, args.spike_rate, args.spike_at, args.spike_for
+    )
+    schedule = build_schedule(profile, args.duration, args.max_events, parse_mix(args.mix), media, args.seed)
+    state = _State()
+    with _broker(args.bootstrap) as bootstrap:
+        topics = Topics.fresh()
+        create_topics(bootstrap, topics, partitions=args.partitions)
+        metrics_port = free_port()
+        worker = _worker(bootstrap, topics, media_root, metrics_port, out / "worker.log")
+        producer = Producer(bootstrap)
+        stop = threading.Event()
+        t0 = time.perf_counter()
+        threads = [
+            threading.Thread(target=_collect, args=(bootstrap, topics, state, t0, stop), daemon=True),
+            threading.Thread(
+                target=_sample_lag,
+                args=(bootstrap, topics, f"http://127.0.0.1:{metrics_port}/metrics", state, t0, stop),
+                daemon=True,
+            ),
+        ]
+        for th in threads:
+            th.start()
+        try:
+            for arrival in schedule:
+                delay = arrival.at - (time.perf_counter() - t0)
+                if delay > 0:
+                    time.sleep(delay)
+                uri = (media_root / arrival.media.name).resolve().as_uri()
+                event = upload_event(f"load-{arrival.index:06d}", uri, event_id=f"ev-{arrival.index:06d}")
+                raw = json.dumps(event).encode()
+                with state.lock:
+                    state.sent[event["event_id"]] = _Sent(event["event_id"], arrival.kind, arrival.at)
+                    state.by_value[raw] = event["event_id"]
+                producer.send(topics.uploads, raw, key=event["video_id"], wait=False)
+                state.sent[event["event_id"]].sent = time.perf_counter() - t0
+            producer.flush()
+            last_send = time.perf_counter() - t0
+            deadline = time.monotonic() + args.drain
+            while time.monotonic() < deadline and worker.poll() is None:
+                with state.lock:
+                    if all(s.outcome for s in state.sent.values()):
+                        break
+                time.sleep(0.2)
+            alive = worker.poll() is None
+            gauges = {}
+            if alive:
+                try:
+                    gauges = parse_gauges(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
+                except httpx.HTTPError:
+                    gauges = {}
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(10)
+            producer.close()
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(60)
+    summary = _summary(
+        args, state, schedule_len=len(schedule), last_send=last_send, alive=alive, gauges=gauges
+    )
+    (out / "kafka_load.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _png(state, out / "kafka_load.png")
+    return summary
+
+
+def _summary(
+    args: argparse.Namespace, state: _State, *, schedule_len: int, last_send: float, alive: bool, gauges: Any
+) -> dict[str, Any]:
+    items = list(state.sent.values())
+    lost = [s.event_id for s in items if s.outcome is None]
+    lat = [s.done - s.at for s in items if s.done is not None and s.outcome and s.outcome.startswith("flag")]
+    pcts = {f"p{q}": round(percentile(lat, q) * 1000, 1) if lat else None for q in (50, 90, 95, 99)}
+    lag_err = [abs(g - t) for _, g, t in state.lag]
+    failures = []
+    if lost:
+        failures.append(f"{len(lost)} events neither flagged nor dead-lettered")
+    if not alive:
+        failures.append("the worker died")
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "events": schedule_len,
+        "offered_rate_eps": round(schedule_len / max(last_send, 1e-9), 3),
+        "send_window_s": round(last_send, 2),
+        "outcomes": dict(Counter(s.outcome or "lost" for s in items)),
+        "by_kind": {
+            k: dict(Counter(s.outcome or "lost" for s in items if s.kind == k)) for k in DEFAULT_WEIGHTS
+        },
+        "event_to_flag_ms": pcts,
+        "lost": lost[:20],
+        "lag_samples": len(state.lag),
+        "lag_max": max((t for _, _, t in state.lag), default=0.0),
+        "lag_gauge_max_abs_error": max(lag_err, default=0.0),
+        "worker_alive_after": alive,
+        "worker_gauges_at_end": gauges,
+        "platform": platform_info(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+    }
+
+
+def _png(state: _State, path: Path) -> None:
+    fig = Figure(figsize=(10, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    done = sorted((s.at, (s.done - s.at) * 1000) for s in state.sent.values() if s.done is not None)
+    ax1.plot([t for t, _ in done], [ms for _, ms in done], ".", markersize=3)
+    ax1.set_ylabel("event -> outcome (ms)")
+    ax1.set_title("Kafka load: latency by scheduled time, and consumer lag")
+    ax2.plot([t for t, _, _ in state.lag], [tr for _, _, tr in state.lag], label="true lag (broker)")
+    ax2.plot([t for t, _, _ in state.lag], [g for _, g, _ in state.lag], "--", label="worker's lag gauge")
+    ax2.set_ylabel("records")
+    ax2.set_xlabel("seconds from start")
+    ax2.legend()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.kafka",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rate", type=float, default=2.0, help="events per second")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of sending (at most 600)")
+    p.add_argument("--max-events", type=int, default=5000)
+    p.add_argument("--spike-rate", type=float, default=0.0)
+    p.add_argument("--spike-at", type=float, default=0.0)
+    p.add_argument("--spike-for", type=float, default=0.0)
+    p.add_argument("--mix", default="")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--partitions", type=int, default=2)
+    p.add_argument("--drain", type=float, default=120.0, help="seconds to wait for outcomes after sending")
+    p.add_argument("--bootstrap", help="an existing broker on 127.0.0.1 (default: start one)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE_DIR)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.duration > 600 or args.rate <= 0:
+        p.error("--duration must be at most 600 s and --rate positive")
+    if args.bootstrap and not args.bootstrap.startswith(("127.0.0.1:", "localhost:")):
+        p.error("--bootstrap must be a loopback address")
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="dfguard-kafka-load-"))
+    summary = run(args)
+    print(
+        json.dumps({k: summary[k] for k in ("passed", "failures", "events", "outcomes", "event_to_flag_ms")})
+    )
+    print(f"wrote {args.out / 'kafka_load.json'} and {args.out / 'kafka_load.png'}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
