@@ -65,11 +65,19 @@ def _helper_processes() -> set[int]:
     return helpers
 
 
+_BEFORE: set[int] = set()  # children alive before this module ran (session servers such as the Kafka broker)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _children_before() -> None:
+    _BEFORE.update(p.pid for p in psutil.Process().children(recursive=True))
+
+
 def _leftover_children() -> list[psutil.Process]:
     helpers = _helper_processes()
     left = []
     for child in psutil.Process().children(recursive=True):
-        if child.pid in helpers:
+        if child.pid in helpers or child.pid in _BEFORE:
             continue
         try:
             if child.status() == psutil.STATUS_ZOMBIE and child.ppid() in helpers:
