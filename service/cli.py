@@ -151,9 +151,12 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
     for ckpt in map(Path, args.checkpoints):
         name = args.name if args.name and len(args.checkpoints) == 1 else None
         name = name or re.sub(r"[^a-z0-9._-]+", "-", f"{args.family}-{ckpt.stem}".lower()).strip("-")
-        res = import_checkpoint(ckpt, args.family, Path(args.out) / name, name=name, version=args.version)
+        res = import_checkpoint(
+            ckpt, args.family, Path(args.out) / name, name=name, version=args.version, threads=args.threads
+        )
         manifests.append(str(res.manifest))
-        print(f"imported {ckpt} -> {res.manifest} ({res.bytes} bytes; ONNX vs PyTorch {res.parity_max_abs_diff:.2e})")
+        diff = res.parity_max_abs_diff
+        print(f"imported {ckpt} -> {res.manifest} ({res.bytes} bytes; ONNX vs PyTorch max diff {diff:.2e})")
     print("serve with: DFG_MODEL_PATHS='" + json.dumps(manifests) + "'")
     return 0
 
@@ -200,12 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_cmd_triton_build_repo)
     models = sub.add_parser("models", help="model helpers")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    imp = models_sub.add_parser("import", help="convert published checkpoints to ONNX + manifest (needs torch)")
+    imp = models_sub.add_parser(
+        "import", help="convert published checkpoints to ONNX + manifest (needs torch)"
+    )
     imp.add_argument("checkpoints", nargs="+", help="checkpoint files (.pth/.pt/.tar), one model each")
-    imp.add_argument("--family", choices=["dfdc", "sbi"], required=True, help="dfdc: 1st place B7; sbi: SBI B4")
+    imp.add_argument(
+        "--family", choices=["dfdc", "sbi"], required=True, help="dfdc: 1st place B7; sbi: SBI B4"
+    )
     imp.add_argument("--out", default="models", help="a sub-directory per model is written here")
     imp.add_argument("--name", help="model name (one checkpoint only; default: family + file name)")
     imp.add_argument("--version", default="imported")
+    imp.add_argument("--threads", type=int, default=2, help="CPU threads for the export and the parity check")
     imp.set_defaults(func=_cmd_models_import)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

@@ -423,7 +423,12 @@ def test_kill_9_mid_batch_then_restart_loses_nothing_and_contradicts_nothing(
             flags = read_topic(kafka.bootstrap, topics.flags, len(videos) + 50, timeout=5)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, "SIGTERM is a clean exit"
+        try:
+            assert proc.wait(60) == 0, "SIGTERM is a clean exit"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
     _assert_exactly_one_decision_each(s, flags, videos)
     committed, end = committed_and_end(kafka.bootstrap, topics.group, topics.uploads)
     assert committed == end
@@ -439,9 +444,14 @@ def test_sigterm_finishes_in_flight_events_commits_and_exits(
         producer.send(topics.uploads, upload_event(v, file_uri(media_root / "b.mp4")))
     log = tmp_path / "worker.log"
     proc = _worker_process(s, topics, log)
-    assert read_topic(kafka.bootstrap, topics.flags, 1, timeout=120), log.read_text()[-3000:]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    try:
+        assert read_topic(kafka.bootstrap, topics.flags, 1, timeout=120), log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
     flags = read_topic(kafka.bootstrap, topics.flags, len(videos), timeout=5)
     committed, _ = committed_and_end(kafka.bootstrap, topics.group, topics.uploads)
     done = {FlagEvent.model_validate_json(r.value).video_id for r in flags}

@@ -6,5 +6,15 @@ from service.models.manifest import CalibratedThresholds, ModelManifest, load_ma
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_MANIFEST = BUILTIN_DIR / "untrained-mini" / "model.json"
+# The seeded random 4-layer CNN (scripts/make_untrained_model.py): kept for plumbing tests and benchmarks that
+# need a tiny graph of known structure (the Triton and batcher tests, bench.gpu's PyTorch replica of it).
+UNTRAINED_MANIFEST = BUILTIN_DIR / "untrained-mini" / "model.json"
 
-__all__ = ["BUILTIN_DIR", "DEFAULT_MANIFEST", "CalibratedThresholds", "ModelManifest", "load_manifest"]
+__all__ = [
+    "BUILTIN_DIR",
+    "DEFAULT_MANIFEST",
+    "UNTRAINED_MANIFEST",
+    "CalibratedThresholds",
+    "ModelManifest",
+    "load_manifest",
+]

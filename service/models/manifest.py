@@ -44,7 +44,9 @@ class ModelManifest(BaseModel):
     std: tuple[float, float, float] = Field(description="RGB std of pixels scaled to [0, 1].")
     normalization_in_graph: bool
     crop_margin: float = Field(ge=0.0, le=1.0, description="Fraction of the face box added on each side.")
-    resize: Literal["linear", "area_cubic"] = "linear"
+    resize: Literal["linear", "area_cubic", "stretch"] = Field(
+        "linear", description="Crop recipe (service.faces.crop): dfguard's, the DFDC winner's, or SBI's."
+    )
     output: Literal["probability", "logit"] = Field(description="What the single output value per crop is.")
     output_meaning: str = "probability that the face is manipulated (fake)"
     thresholds: CalibratedThresholds | None = Field(None, description="Calibrated review/flag thresholds.")
