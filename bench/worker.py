@@ -143,7 +143,7 @@ def burst(broker: KafkaBroker, pipeline: Pipeline, workdir: Path, n: int) -> dic
     ]
     topics = Topics.fresh()
     create_topics(broker.bootstrap, topics, partitions=2)
-    s = _settings(broker, topics, workdir, worker_lag_interval_seconds=1.0)
+    s = _settings(broker, topics, workdir)
     producer = Producer(broker.bootstrap)
     samples: list[tuple[float, float]] = []
     with _Running(s, pipeline) as running:

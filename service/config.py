@@ -169,7 +169,9 @@ class Settings(BaseSettings):
     worker_shutdown_grace_seconds: float = Field(
         60.0, gt=0, description="On SIGTERM or a rebalance, how long in-flight events may finish."
     )
-    worker_lag_interval_seconds: float = Field(1.0, gt=0, description="How often the lag gauge is refreshed.")
+    worker_lag_interval_seconds: float = Field(
+        0.25, gt=0, description="How often the lag gauge is refreshed (one end-offsets request)."
+    )
     worker_metrics_host: str = Field("127.0.0.1", description="Bind address of the worker's /metrics.")
     worker_metrics_port: int = Field(9102, ge=0, le=65535, description="0: no metrics server.")
 

@@ -28,9 +28,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def gateway(settings: Settings) -> Iterator[tuple[str, Any]]:
+def gateway(settings: Settings, *, with_worker: bool = False) -> Iterator[tuple[str, Any]]:
     """Run the gateway app on 127.0.0.1 in a thread; yield (base_url, app)."""
-    app = create_app(settings)
+    app = create_app(settings, with_worker=with_worker)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -38,7 +39,7 @@ from tests.kafka_tools import (
     read_topic,
     upload_event,
 )
-from tests.servers import FlakyMediaHost, free_port
+from tests.servers import FlakyMediaHost, free_port, gateway
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parent.parent
@@ -581,3 +582,17 @@ def test_the_worker_stores_decisions_in_postgresql(
     _assert_exactly_one_decision_each(s, flags, ["pg-1", "pg-2"])
     stored = DecisionStore(s.database_url).get("acme", "pg-2")
     assert stored is not None and stored.record.reasons[0] == "duplicate_of:pg-1"
+
+
+def test_serve_with_worker_runs_the_consumer_in_the_gateway_and_serves_its_decisions(
+    kafka: KafkaBroker, topics: Topics, producer: Producer, media_root: Path, tmp_path: Path
+) -> None:
+    s = _settings(kafka, topics, tmp_path, media_root, api_keys={"k": "acme"})
+    with gateway(s, with_worker=True) as (base, _):
+        producer.send(topics.uploads, upload_event("in-gw", file_uri(media_root / "b.mp4")))
+        (flag,) = _flags(read_topic(kafka.bootstrap, topics.flags, 1))
+        r = httpx.get(f"{base}/v1/decisions/in-gw", headers={"authorization": "Bearer k"})
+        metrics = httpx.get(f"{base}/metrics").text
+    assert r.status_code == 200 and r.json()["decision"] == flag.decision
+    assert r.json()["flag_event_id"] == flag.event_id
+    assert f'dfguard_worker_consumer_lag{{group="{topics.group}"' in metrics
