@@ -21,6 +21,10 @@ _M = 1 << 64
 
 def _phash(frame: npt.NDArray[np.uint8]) -> int:
     grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    k = max(1, min(w, h) // 64)  # an integer shrink first: OpenCV's fast path for INTER_AREA (~10x cheaper)
+    if k > 1:  # crop to a multiple of k (a few edge pixels) so the shrink is exact
+        grey = cv2.resize(grey[: h - h % k, : w - w % k], (w // k, h // k), interpolation=cv2.INTER_AREA)
     small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     low = cv2.dct(small)[:8, :8].flatten()
     bits = low > np.median(low[1:])  # the DC term is only brightness: left out of the median
