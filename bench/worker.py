@@ -7,8 +7,8 @@ Three figures, one process, one loaded pipeline:
    pool of `worker_concurrency` threads and (b) through the worker (fetch from file://, sha256, near-duplicate
    hashes and lookup, decision store, flag event with acks=all, commit), the worker already in its group and
    warm. Interleaved `--repeats` times; `worker_overhead` is the median of the paired ratios (each repeat
-   runs both back to back, so the machine's drift cancels). Exact dedup is off and no verdict may be `flag` (thresholds
-   at 1.0), so every event is really scored and the comparison is like for like.
+   runs both back to back, so the machine's drift cancels). Exact dedup is off and no verdict may be `flag`
+   (thresholds at 1.0), so every event is really scored and the comparison is like for like.
 2. **Viral burst.** `--burst` events that are exact reposts of 10 distinct clips, produced at once; the time
    until every one has its flag event (target: 1,000 in under 30 s).
 3. **Lag accuracy.** During the burst, the worker's lag gauge against the true lag (end offsets minus the
