@@ -5,10 +5,12 @@
 
 Without `--bootstrap` it starts its own Apache Kafka broker (tests/kafka_broker.py) on 127.0.0.1; it always
 starts a real `dfguard worker` process on fresh topics. The mix is the gateway load's (short and long clips,
-images, reposts, bad files), written once under `OUT/media` and sent as file:// URIs. Every event is accounted
-for: a flag event (matched by `source_event_id`) or a dead letter (matched by the event's bytes). Event->flag
-latency runs from the scheduled send time to the flag's arrival at a consumer here. The worker's lag gauge and
-the true lag (broker end offsets minus the group's committed offsets) are sampled every second.
+images, reposts, bad files), sent as file:// URIs under `OUT/media`: every first upload is a distinct file
+(the mix's media with a unique trailer the decoders ignore: an mp4 `free` box, bytes after a JPEG's EOI or a
+PNG's IEND), so only reposts are byte-identical to an earlier upload, as on a real platform. Every event is
+accounted for: a flag event (matched by `source_event_id`) or a dead letter (matched by the event's bytes).
+Event->flag latency runs from the scheduled send time to the flag's arrival at a consumer here. The worker's
+lag gauge and the true lag (broker end offsets minus the group's committed offsets) are sampled every second.
 
 Writes `OUT/kafka_load.json` and `OUT/kafka_load.png`; exits 1 when an event was lost (neither flagged nor
 dead-lettered within `--drain` seconds after the last send) or the worker died, never on latency.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,7 +39,7 @@ from kafka import KafkaConsumer
 from matplotlib.figure import Figure
 
 from bench.common import percentile, platform_info
-from loadtest.generator import Profile, build_schedule, parse_gauges
+from loadtest.generator import Arrival, Profile, build_schedule, parse_gauges
 from loadtest.mix import DEFAULT_CACHE_DIR, DEFAULT_WEIGHTS, build_media, parse_mix
 from tests.kafka_broker import KafkaBroker
 from tests.kafka_tools import Producer, Topics, committed_and_end, create_topics, upload_event
@@ -129,6 +132,25 @@ def _worker(
     return subprocess.Popen([exe, "worker"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+def _unique_copy(media_root: Path, name: str, data: bytes, index: int) -> Path:
+    """`data` plus a trailer that changes its sha256 but not what decodes."""
+    tag = f"dfguard-load-{index:06d}".encode()
+    trailer = struct.pack(">I4s", 8 + len(tag), b"free") + tag if name.endswith(".mp4") else tag
+    path = media_root / f"{index:06d}-{name}"
+    path.write_bytes(data + trailer)
+    return path
+
+
+def _upload_path(media_root: Path, arrival: Arrival, first: dict[str, Path]) -> Path:
+    if arrival.kind == "bad":
+        return media_root / arrival.media.name
+    if arrival.kind == "repost" and arrival.media.name in first:
+        return first[arrival.media.name]  # byte-identical to an earlier upload
+    path = _unique_copy(media_root, arrival.media.name, arrival.media.data, arrival.index)
+    first.setdefault(arrival.media.name, path)
+    return path
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the load; write the summary JSON and the PNG into `args.out`; return the summary."""
     out: Path = args.out
@@ -143,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     schedule = build_schedule(profile, args.duration, args.max_events, parse_mix(args.mix), media, args.seed)
     state = _State()
+    first_uploads: dict[str, Path] = {}
     with _broker(args.bootstrap) as bootstrap:
         topics = Topics.fresh()
         create_topics(bootstrap, topics, partitions=args.partitions)
@@ -166,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 delay = arrival.at - (time.perf_counter() - t0)
                 if delay > 0:
                     time.sleep(delay)
-                uri = (media_root / arrival.media.name).resolve().as_uri()
+                uri = _upload_path(media_root, arrival, first_uploads).resolve().as_uri()
                 event = upload_event(f"load-{arrival.index:06d}", uri, event_id=f"ev-{arrival.index:06d}")
                 raw = json.dumps(event).encode()
                 with state.lock:
