@@ -102,9 +102,17 @@ class KafkaBroker:
         cmd = self._java(
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "--standalone", heap="-Xmx256m"
         )
-        subprocess.run(
-            [*cmd, "-c", str(self.dir / "server.properties")], check=True, capture_output=True, timeout=120
-        )
+        for attempt in (1, 2):  # a JVM start can fail on a loaded machine; say why if it fails twice
+            done = subprocess.run(
+                [*cmd, "-c", str(self.dir / "server.properties")], capture_output=True, timeout=120
+            )
+            if done.returncode == 0:
+                return
+            if attempt == 2 or b"already formatted" in done.stdout + done.stderr:
+                raise RuntimeError(
+                    f"formatting Kafka storage failed: {(done.stdout + done.stderr)[-2000:]!r}"
+                )
+            shutil.rmtree(self.dir / "data", ignore_errors=True)
 
     def start(self, timeout: float = 90.0) -> KafkaBroker:
         log = self.log_path.open("ab")

@@ -10,14 +10,20 @@ import pytest
 from pydantic import ValidationError
 
 from service.inference import OnnxRuntimeBackend
-from service.models import DEFAULT_MANIFEST, ModelManifest, load_manifest
+from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST, ModelManifest, load_manifest
 
 
-def test_default_manifest_is_named_untrained_and_hash_checked() -> None:
+def test_default_model_is_trained_small_hash_checked_and_documented() -> None:
     manifest, model_path = load_manifest(DEFAULT_MANIFEST)
-    assert manifest.trained is False
-    assert "untrained" in manifest.version
+    assert manifest.trained is True
     assert model_path.is_file() and manifest.sha256
+    assert model_path.stat().st_size < 20 * 1024 * 1024
+    assert (DEFAULT_MANIFEST.parent / "MODEL_CARD.md").is_file()
+
+
+def test_placeholder_model_is_named_untrained() -> None:
+    manifest, _ = load_manifest(UNTRAINED_MANIFEST)
+    assert manifest.trained is False and "untrained" in manifest.version
 
 
 def test_tampered_model_file_is_refused(tmp_path: Path) -> None:

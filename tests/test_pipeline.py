@@ -27,8 +27,8 @@ def test_face_clip_faces_found_where_they_are(pipeline: Pipeline, face_clip: Pat
     assert len({f.faces[0].track_id for f in r.frames}) == 1  # one person, one track
     assert r.score is not None and 0.0 <= r.score <= 1.0
     assert r.decision in ("allow", "review", "flag")
-    assert "untrained_model" in r.reasons
-    assert r.model.name == "dfguard-untrained-mini"
+    assert "untrained_model" not in r.reasons  # the bundled default is a trained model
+    assert r.model.name == "dfguard-sbi-mnv3s"
     assert r.timings_ms.total >= r.timings_ms.decode
 
 

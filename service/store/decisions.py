@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import case, create_engine, event, insert, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from service.events import FlagEvent
@@ -89,7 +89,10 @@ def _stored(row: DecisionRow) -> StoredDecision:
 class DecisionStore:
     def __init__(self, url: str) -> None:
         self.engine = _engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except (ProgrammingError, IntegrityError):  # another worker created the tables at the same moment
+            Base.metadata.create_all(self.engine)
         # Near-duplicate index: flagged videos' hashes, read incrementally (rows only ever get added).
         self._flagged: dict[int, list[int]] = {}
         self._flagged_upto = 0

@@ -17,11 +17,13 @@ class PartitionOffsets:
         self._done: set[int] = set()
         self.commit_point: int | None = None  # next offset to consume after a restart
         self._committed: int | None = None  # what the broker has (as far as we know)
+        self.last_taken: int | None = None  # a record at or below this one is already being handled
 
     def take(self, offset: int) -> None:
-        if self._taken and offset <= self._taken[-1]:
-            raise ValueError(f"offset {offset} taken out of order (last {self._taken[-1]})")
+        if self.last_taken is not None and offset <= self.last_taken:
+            raise ValueError(f"offset {offset} taken out of order (last {self.last_taken})")
         self._taken.append(offset)
+        self.last_taken = offset
 
     def done(self, offset: int) -> None:
         self._done.add(offset)

@@ -5,9 +5,11 @@ records to a thread pool, collects completions and commits. A record's offset is
 outcome (flag event or dead letter) was acknowledged by the broker (acks=all, idempotent producer) and, for
 flags, the decision was stored, and only as part of a contiguous completed prefix of its partition. Records
 with the same key (video_id) run one after another; others run concurrently. When too much is buffered the
-partitions are paused (polling continues, so the group membership stays alive). On a rebalance or SIGTERM,
-in-flight events get `worker_shutdown_grace_seconds` to finish; whatever is not done then is simply not
-committed and is redelivered.
+partitions are paused (polling continues, so the group membership stays alive). On SIGTERM, in-flight events
+get `worker_shutdown_grace_seconds` to finish; whatever is not done then is not committed and is redelivered.
+On a rebalance, what is done is committed and the revoked partitions are dropped at once (kafka-python 3 runs
+listeners on its IO thread, where waiting would stall heartbeats): their in-flight events finish, and the new
+owner re-emits the stored decision, an identical flag event.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class _Partition:
     waiting: dict[bytes, deque[Any]] = field(default_factory=dict)  # key -> records behind the running one
     running: set[bytes] = field(default_factory=set)  # keys with a record in flight
     revoked: bool = False
+    buffered: int = 0  # records taken and not finished (waiting or in flight)
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,20 @@ class _Done:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Only records what happened: kafka-python 3 may call listeners on its IO thread, where a blocking
+    consumer call (a commit) raises and where waiting would stall heartbeats. The main loop applies it."""
+
     def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+        self.changes = worker._rebalances
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.worker._revoke(set(revoked))
+        self.changes.put(("revoked", set(revoked)))
+
+    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        self.changes.put(("lost", set(lost)))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.worker._assign(set(assigned))
+        self.changes.put(("assigned", set(assigned)))
 
 
 class Worker:
@@ -87,8 +96,9 @@ class Worker:
         self.stop_event = threading.Event()
         self._parts: dict[TopicPartition, _Partition] = {}
         self._completions: queue.Queue[_Done] = queue.Queue()
+        self._rebalances: queue.Queue[tuple[str, set[TopicPartition]]] = queue.Queue()
+        self._handing_over: dict[TopicPartition, _Partition] = {}  # revoked, awaiting the next assignment
         self._in_flight = 0
-        self._buffered = 0
         self._paused = False
         self._next_lag = 0.0
         self._consumer: KafkaConsumer | None = None
@@ -110,6 +120,7 @@ class Worker:
                 return
             delay = min(delay * 2, self.s.worker_retry_backoff_max_seconds)
         assert self._consumer is not None
+        self._await_topic()
         self._consumer.subscribe([self.s.kafka_uploads_topic], listener=_Rebalance(self))
         log.info("worker: consuming %s as group %s", self.s.kafka_uploads_topic, self.s.kafka_group_id)
         try:
@@ -117,6 +128,21 @@ class Worker:
                 self._step(poll_ms=200)
         finally:
             self._shutdown()
+
+    def _await_topic(self) -> None:
+        """Know the uploads topic's partitions before joining: a group leader without them assigns nothing
+        and then depends on a metadata-triggered rejoin, which kafka-python 3.0 was seen to stall in."""
+        assert self._consumer is not None
+        delay = self.s.worker_retry_backoff_seconds
+        while not self.stop_event.is_set():
+            try:
+                if self._consumer.partitions_for_topic(self.s.kafka_uploads_topic):
+                    return
+            except KafkaError as exc:
+                log.debug("worker: no metadata yet: %s", exc)
+            log.info("worker: waiting for topic %s", self.s.kafka_uploads_topic)
+            self.stop_event.wait(delay)
+            delay = min(delay * 2, self.s.worker_retry_backoff_max_seconds)
 
     def _connect(self) -> bool:
         """Create the producer and consumer; False while no broker answers (the caller retries)."""
@@ -167,17 +193,27 @@ class Worker:
     def _step(self, poll_ms: int) -> None:
         assert self._consumer is not None
         self._collect(block=False)
+        self._apply_rebalances()
         self._commit()
         self._flow_control()
-        records = self._consumer.poll(timeout_ms=poll_ms)
+        try:
+            records = self._consumer.poll(timeout_ms=poll_ms)
+        except KafkaError as exc:  # never let the loop die: the broker or the group comes back
+            log.warning("worker: poll failed (%s); retrying", exc)
+            WORKER_RETRIES.labels(reason="kafka_poll").inc()
+            self.stop_event.wait(self.s.worker_retry_backoff_seconds)
+            records = {}
+        self._apply_rebalances()
         for tp, batch in records.items():
             part = self._parts.get(tp)
-            if part is None:  # not (or no longer) ours: it will be redelivered to the owner
-                continue
+            if part is None:  # fetched for a partition whose assignment is not applied yet: never skip it
+                part = self._parts[tp] = _Partition(tp)
             for record in batch:
+                if part.offsets.last_taken is not None and record.offset <= part.offsets.last_taken:
+                    continue  # fetched again after a rebalance gave the partition back: already in hand
                 EVENTS_CONSUMED.labels(topic=tp.topic).inc()
                 part.offsets.take(record.offset)
-                self._buffered += 1
+                part.buffered += 1
                 key = record.key if record.key is not None else f"\0offset:{record.offset}".encode()
                 if key in part.running:
                     part.waiting.setdefault(key, deque()).append(record)
@@ -259,14 +295,10 @@ class Worker:
         self._in_flight -= 1
         WORKER_IN_FLIGHT.set(self._in_flight)
         part.running.discard(done.key)
-        if part.revoked:
-            return
         outcome = done.outcome
         if outcome is None:  # stopping: leave this and everything after it uncommitted
             return
-        self._buffered -= 1
-        part.offsets.done(done.record.offset)
-        if outcome.kind == "flag":
+        if outcome.kind == "flag":  # acknowledged by the broker: counted even if the partition moved on
             EVENTS_PRODUCED.labels(topic=self.s.kafka_flags_topic, decision=outcome.decision or "").inc()
             WORKER_LAST_DECISION.set_to_current_time()
             if outcome.uploaded_at is not None:
@@ -274,6 +306,10 @@ class Worker:
         else:
             EVENTS_DEAD_LETTERED.labels(reason=outcome.reason or "unknown").inc()
         WORKER_PROCESSING.observe(time.monotonic() - done.started)
+        if part.revoked:
+            return
+        part.buffered -= 1
+        part.offsets.done(done.record.offset)
         waiting = part.waiting.get(done.key)
         if waiting:
             record = waiting.popleft()
@@ -302,6 +338,10 @@ class Worker:
         for tp, meta in offsets.items():
             self._parts[tp].offsets.committed(meta.offset)
 
+    @property
+    def _buffered(self) -> int:
+        return sum(p.buffered for p in self._parts.values())
+
     def _flow_control(self) -> None:
         assert self._consumer is not None
         limit = self.s.worker_concurrency + self.s.kafka_max_poll_records
@@ -315,9 +355,29 @@ class Worker:
 
     # --- rebalances and draining ----------------------------------------------------------------------------
 
+    def _apply_rebalances(self) -> None:
+        while True:
+            try:
+                change, tps = self._rebalances.get_nowait()
+            except queue.Empty:
+                return
+            if change == "assigned":
+                self._assign(tps)
+            else:
+                self._revoke(tps, commit=change == "revoked")
+
     def _assign(self, assigned: set[TopicPartition]) -> None:
+        """Take partitions on; one revoked in the same rebalance and given back keeps its state (its events
+        in flight and done), so an eager rebalance that changes nothing for us costs nothing."""
         for tp in assigned:
-            self._parts[tp] = _Partition(tp)
+            if tp not in self._parts:
+                kept = self._handing_over.pop(tp) if tp in self._handing_over else None
+                self._parts[tp] = kept or _Partition(tp)
+        for part in self._handing_over.values():  # revoked and not given back: gone for good
+            part.revoked = True
+            part.waiting.clear()
+            self._forget_lag(part.tp)
+        self._handing_over.clear()
         if self._paused and self._consumer is not None:
             self._consumer.resume(*assigned)
             self._paused = False
@@ -325,15 +385,29 @@ class Worker:
         self._next_lag = 0.0
         self.ready.set()
 
-    def _revoke(self, revoked: set[TopicPartition]) -> None:
-        log.info("worker: partitions revoked %s", sorted(str(tp.partition) for tp in revoked))
-        self._drain(revoked, self.s.worker_shutdown_grace_seconds)
-        self._commit(revoked)
+    def _revoke(self, revoked: set[TopicPartition], *, commit: bool) -> None:
+        """Give partitions up: commit what is done (unless the membership was lost).
+
+        A revoked partition is held until the assignment that follows (an eager rebalance revokes everything
+        and often gives it straight back). One that goes elsewhere, or is lost, is forgotten: events still
+        running for it finish in their threads, their offsets are left to the next owner, which re-emits the
+        stored decision (an identical flag event), so nothing is lost or contradicted."""
+        log.info(
+            "worker: partitions %s %s",
+            "revoked" if commit else "lost",
+            sorted(tp.partition for tp in revoked),
+        )
+        if commit:
+            self._commit(revoked)
         for tp in revoked:
             part = self._parts.pop(tp, None)
-            if part is not None:
+            if part is None:
+                continue
+            if commit:
+                self._handing_over[tp] = part
+            else:  # membership lost: another member may own it already
                 part.revoked = True
-                self._buffered -= part.offsets.outstanding
+                part.waiting.clear()
                 self._forget_lag(tp)
 
     def _drain(self, tps: set[TopicPartition], grace: float) -> None:
@@ -341,7 +415,7 @@ class Worker:
         for tp in tps:
             part = self._parts.get(tp)
             if part is not None:
-                self._buffered -= sum(len(q) for q in part.waiting.values())
+                part.buffered -= sum(len(q) for q in part.waiting.values())  # redelivered later
                 part.waiting.clear()
         deadline = time.monotonic() + grace
         while any(self._parts[tp].running for tp in tps if tp in self._parts):
