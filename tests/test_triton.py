@@ -70,7 +70,7 @@ def test_ensemble_and_member_equal_embedded(server: TritonServer, embedded: Onnx
 
 
 def test_pipeline_verdicts_identical_through_triton(server: TritonServer, face_clip: Path) -> None:
-    settings = Settings()
+    settings = Settings(model_paths=[UNTRAINED_MANIFEST])  # the model the test's Triton serves
     embedded = Pipeline.from_settings(settings)
     backend = _backend(server)
     remote = Pipeline(settings, build_detector(settings), backend)
@@ -135,6 +135,7 @@ def test_killed_triton_gives_clean_errors_then_recovers(server: TritonServer) ->
 
 def test_gateway_turns_a_triton_outage_into_503_and_recovers(server: TritonServer, face_clip: Path) -> None:
     settings = Settings(
+        model_paths=[UNTRAINED_MANIFEST],
         backend="triton",
         triton_url=server.grpc_url,
         triton_timeout_seconds=5,
