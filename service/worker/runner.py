@@ -7,9 +7,10 @@ flags, the decision was stored, and only as part of a contiguous completed prefi
 with the same key (video_id) run one after another; others run concurrently. When too much is buffered the
 partitions are paused (polling continues, so the group membership stays alive). On SIGTERM, in-flight events
 get `worker_shutdown_grace_seconds` to finish; whatever is not done then is not committed and is redelivered.
-On a rebalance, what is done is committed and the revoked partitions are dropped at once (kafka-python 3 runs
-listeners on its IO thread, where waiting would stall heartbeats): their in-flight events finish, and the new
-owner re-emits the stored decision, an identical flag event.
+On a rebalance, what is done is committed without waiting for in-flight events (kafka-python 3 runs listeners
+on its IO thread, where waiting would stall heartbeats); a partition given straight back keeps its state, one
+that goes elsewhere is dropped: its in-flight events finish, and the new owner re-emits the stored decision,
+an identical flag event.
 """
 
 from __future__ import annotations
@@ -374,9 +375,7 @@ class Worker:
                 kept = self._handing_over.pop(tp) if tp in self._handing_over else None
                 self._parts[tp] = kept or _Partition(tp)
         for part in self._handing_over.values():  # revoked and not given back: gone for good
-            part.revoked = True
-            part.waiting.clear()
-            self._forget_lag(part.tp)
+            self._drop(part)
         self._handing_over.clear()
         if self._paused and self._consumer is not None:
             self._consumer.resume(*assigned)
@@ -406,9 +405,13 @@ class Worker:
             if commit:
                 self._handing_over[tp] = part
             else:  # membership lost: another member may own it already
-                part.revoked = True
-                part.waiting.clear()
-                self._forget_lag(tp)
+                self._drop(part)
+
+    def _drop(self, part: _Partition) -> None:
+        """Stop tracking a partition that is no longer ours; completions for it are ignored from now on."""
+        part.revoked = True
+        part.waiting.clear()
+        self._forget_lag(part.tp)
 
     def _drain(self, tps: set[TopicPartition], grace: float) -> None:
         """Let in-flight events of `tps` finish (no new ones start) for at most `grace` seconds."""
