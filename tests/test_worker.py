@@ -192,6 +192,7 @@ def test_poison_events_go_to_the_dlq_with_their_bytes_and_the_partition_moves_on
     poison: list[tuple[bytes | None, str]] = [
         (b"\xff\xfe not json", "malformed_event"),
         (b'{"schema_version": 1', "malformed_event"),
+        (b"[" * 100_000, "malformed_event"),  # nested deeper than the JSON parser recurses
         (json.dumps(missing_field).encode(), "schema_violation"),
         (json.dumps(bad_id).encode(), "schema_violation"),
         (json.dumps({**missing_field, "tenant": "acme", "schema_version": 2}).encode(), "schema_violation"),

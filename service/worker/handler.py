@@ -155,7 +155,11 @@ class EventHandler:
             raise _DeadLetter("malformed_event", "the record has no value (tombstone)")
         try:
             data = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            RecursionError,
+        ) as exc:  # RecursionError: deep nesting
             raise _DeadLetter("malformed_event", f"not JSON: {exc}") from exc
         try:
             return UploadEvent.model_validate(data)
