@@ -11,7 +11,7 @@ setup:
 
 $(SAMPLE): | setup
 	@mkdir -p .cache
-	$(VENV)/python -m tests.media_factory sample $(SAMPLE)
+	$(VENV)/python -m devtools.media_factory sample $(SAMPLE)
 
 run: setup $(SAMPLE)
 	$(VENV)/dfguard score $(SAMPLE)
@@ -19,13 +19,13 @@ run: setup $(SAMPLE)
 	$(VENV)/dfguard serve --host 127.0.0.1 --port 8080
 
 lint: setup
-	$(VENV)/ruff check service bench tests scripts loadtest training
-	$(VENV)/ruff format --check service bench tests scripts loadtest training
+	$(VENV)/ruff check service bench tests scripts loadtest training devtools
+	$(VENV)/ruff format --check service bench tests scripts loadtest training devtools
 	$(VENV)/mypy
 
 format: setup
-	$(VENV)/ruff format service bench tests scripts loadtest training
-	$(VENV)/ruff check --fix service bench tests scripts loadtest training
+	$(VENV)/ruff format service bench tests scripts loadtest training devtools
+	$(VENV)/ruff check --fix service bench tests scripts loadtest training devtools
 
 # pytest exits 5 when it collected no test; that is not a failure of the suite itself.
 test: setup lint

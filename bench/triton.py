@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from bench.common import percentile, platform_info
+from devtools.triton_server import TritonServer
 from service.inference import OnnxRuntimeBackend
 from service.inference.triton import TritonBackend
 from service.models import UNTRAINED_MANIFEST
 from service.triton.repo import RepoOptions, build_repo
-from service.triton.server import TritonServer
 
 
 def _measure_pair(a: Any, b: Any, repeats: int) -> tuple[list[float], list[float]]:

@@ -32,14 +32,9 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from bench.common import platform_info
-from service.config import Settings
-from service.decision import Thresholds
-from service.pipeline import Pipeline
-from service.store import DecisionStore
-from service.worker import build_worker
-from tests import media_factory as mf
-from tests.kafka_broker import KafkaBroker
-from tests.kafka_tools import (
+from devtools import media_factory as mf
+from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tools import (
     Producer,
     Topics,
     committed_and_end,
@@ -48,6 +43,11 @@ from tests.kafka_tools import (
     read_topic,
     upload_event,
 )
+from service.config import Settings
+from service.decision import Thresholds
+from service.pipeline import Pipeline
+from service.store import DecisionStore
+from service.worker import build_worker
 
 
 def _settings(broker: KafkaBroker, topics: Topics, workdir: Path, **kw: Any) -> Settings:

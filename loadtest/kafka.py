@@ -3,7 +3,7 @@
     python -m loadtest.kafka --rate 2 --duration 30 [--spike-rate 10 --spike-at 10 --spike-for 5]
                              [--mix short_clip=0.5,...] [--bootstrap HOST:PORT] [--out DIR]
 
-Without `--bootstrap` it starts its own Apache Kafka broker (tests/kafka_broker.py) on 127.0.0.1; it always
+Without `--bootstrap` it starts its own Apache Kafka broker (devtools/kafka_broker.py) on 127.0.0.1; it always
 starts a real `dfguard worker` process on fresh topics. The mix is the gateway load's (short and long clips,
 images, reposts, bad files), sent as file:// URIs under `OUT/media`: every first upload is a distinct file
 (the mix's media with a unique trailer the decoders ignore: an mp4 `free` box, bytes after a JPEG's EOI or a
@@ -39,11 +39,11 @@ from kafka import KafkaConsumer
 from matplotlib.figure import Figure
 
 from bench.common import percentile, platform_info
+from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tools import Producer, Topics, committed_and_end, create_topics, upload_event
+from devtools.servers import free_port
 from loadtest.generator import Arrival, Profile, build_schedule, parse_gauges
 from loadtest.mix import DEFAULT_CACHE_DIR, DEFAULT_WEIGHTS, build_media, parse_mix
-from tests.kafka_broker import KafkaBroker
-from tests.kafka_tools import Producer, Topics, committed_and_end, create_topics, upload_event
-from tests.servers import free_port
 
 __all__ = ["run"]
 

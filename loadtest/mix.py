@@ -4,7 +4,7 @@ Kinds and default weights: short clips 0.45 (2-3 s 640x360 H.264, with and witho
 (the 10-s 1280x720 benchmark clip), images 0.25 (JPEG and PNG, face and no face), reposts 0.10 (a
 byte-identical re-upload of a clip already sent in the same run, as re-shares of a viral clip are) and bad
 files 0.10 (random bytes, an mp4 cut in half with its index lost, an empty file). Every file comes from
-`tests/media_factory.py` (deterministic bytes), is written once into the cache directory (temporary name,
+`devtools/media_factory.py` (deterministic bytes), is written once into the cache directory (temporary name,
 then an atomic rename, so concurrent runs can share the cache) and is reused by later runs.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import media_factory as mf
+from devtools import media_factory as mf
 
 __all__ = [
     "DEFAULT_CACHE_DIR",

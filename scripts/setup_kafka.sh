@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch Apache Kafka (broker + KRaft controller) as jars from Maven Central, idempotently, into a cache outside
-# the repo: ${DFG_KAFKA_HOME:-~/.cache/dfguard/kafka-<version>}/libs. tests/kafka_broker.py starts it from there.
+# the repo: ${DFG_KAFKA_HOME:-~/.cache/dfguard/kafka-<version>}/libs. devtools/kafka_broker.py starts it from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

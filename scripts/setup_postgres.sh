@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's PostgreSQL server binaries for the `postgres` tests (tests/postgres_server.py starts a throwaway
+# Debian's PostgreSQL server binaries for the `postgres` tests (devtools/postgres_server.py starts a throwaway
 # cluster in a temp folder, as the `postgres` user when run as root). Installs only when missing.
 set -euo pipefail
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

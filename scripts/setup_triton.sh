@@ -3,7 +3,7 @@
 # a SEPARATE venv at .cache/triton-venv with nvidia-pytriton (which bundles the tritonserver 2.51 binary and its
 # Python backend), numpy<2 and onnxruntime. It is separate from .venv because Python-backend models return empty
 # tensors when the stub's environment has numpy 2, while the service itself runs on numpy 2.
-# service/triton/server.py launches the binary from here; tests marked `triton` need it.
+# devtools/triton_server.py launches the binary from here; tests marked `triton` need it.
 # Re-running is cheap: pip runs again only when the requirements or the interpreter changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools import media_factory as mf
+from devtools.kafka_broker import KafkaBroker
+from devtools.postgres_server import PostgresServer
 from service.config import Settings
 from service.pipeline import Pipeline
-from tests import media_factory as mf
-from tests.kafka_broker import KafkaBroker
-from tests.postgres_server import PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools import media_factory as mf
+from devtools.servers import MediaHost, gateway
 from service.config import Settings
-from tests import media_factory as mf
-from tests.servers import MediaHost, gateway
 
 SECRET = "s3cret"
 

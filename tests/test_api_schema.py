@@ -16,9 +16,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from devtools.servers import gateway
 from service import sources
 from service.config import Settings
-from tests.servers import gateway
 
 
 @pytest.fixture(scope="module")

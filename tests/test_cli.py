@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import media_factory as mf
+from devtools import media_factory as mf
 
 DFGUARD = str(Path(sys.executable).with_name("dfguard"))
 

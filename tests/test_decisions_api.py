@@ -6,10 +6,10 @@ from pathlib import Path
 
 import httpx
 
+from devtools.records import new_decision as _new
+from devtools.servers import gateway
 from service.config import Settings
 from service.store import DecisionStore
-from tests.servers import gateway
-from tests.test_store import _new
 
 
 def test_decisions_are_read_per_tenant(tmp_path: Path) -> None:

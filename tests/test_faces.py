@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from devtools import media_factory as mf
 from service.faces import (
     Detection,
     RetinaFaceDetector,
@@ -14,7 +15,6 @@ from service.faces import (
     keyframe_positions,
     track_faces,
 )
-from tests import media_factory as mf
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from devtools import media_factory as mf
 from service.config import Settings
 from service.errors import (
     CorruptMedia,
@@ -28,7 +29,6 @@ from service.errors import (
     UnsupportedMedia,
 )
 from service.media import MediaLimits, SampledMedia, decode_media, load_media
-from tests import media_factory as mf
 
 W, H, FPS, SECONDS, SAMPLES = 640, 360, 30, 2.0, 32
 INLINE = Settings(decode_isolation="inline")

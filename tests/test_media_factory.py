@@ -1,4 +1,4 @@
-"""Sanity checks that tests/media_factory.py writes files with the promised properties."""
+"""Sanity checks that devtools/media_factory.py writes files with the promised properties."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests import media_factory as mf
+from devtools import media_factory as mf
 
 W, H, SECONDS = 320, 240, 0.5  # small, quick clips: 15 frames at 30 fps
 

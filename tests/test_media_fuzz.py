@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from devtools import media_factory as mf
 from service.config import Settings
 from service.errors import MediaError
 from service.media import MediaLimits, SampledMedia, decode_media, load_media
-from tests import media_factory as mf
 
 MAGIC: dict[str, bytes] = {
     "mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41",

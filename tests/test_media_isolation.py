@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from devtools import media_factory as mf
 from service.config import Settings
 from service.errors import (
     CorruptMedia,
@@ -29,7 +30,6 @@ from service.errors import (
 )
 from service.media import MediaLimits, SampledMedia, load_media
 from service.media.isolated import DecodeJob, IsolationLimits
-from tests import media_factory as mf
 
 W, H = 640, 360
 UHD_FRAMES = 15  # 0.5 s at 30 fps

@@ -25,10 +25,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
-from service import metrics
-from service.cli import build_parser
-from service.config import Settings
-from tests.ops_tools import (
+from devtools.ops_tools import (
     ALERT_TESTS,
     DASHBOARD,
     KUBERNETES_VERSION,
@@ -48,6 +45,9 @@ from tests.ops_tools import (
     tool,
     write_rules,
 )
+from service import metrics
+from service.cli import build_parser
+from service.config import Settings
 
 pytestmark = pytest.mark.ops
 

@@ -22,12 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.models import DEFAULT_MANIFEST
-from service.triton.repo import RepoOptions, build_repo
-from service.triton.server import TritonServer
-from tests.kafka_broker import KafkaBroker
-from tests.kafka_tools import Producer, Topics, create_topics, file_uri, read_topic, upload_event
-from tests.ops_tools import (
+from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tools import Producer, Topics, create_topics, file_uri, read_topic, upload_event
+from devtools.ops_tools import (
     Expr,
     Prometheus,
     ScrapeTarget,
@@ -39,7 +36,10 @@ from tests.ops_tools import (
     rule_exprs,
     write_rules,
 )
-from tests.servers import FlakyMediaHost, free_port
+from devtools.servers import FlakyMediaHost, free_port
+from devtools.triton_server import TritonServer
+from service.models import DEFAULT_MANIFEST
+from service.triton.repo import RepoOptions, build_repo
 
 pytestmark = [pytest.mark.ops, pytest.mark.triton, pytest.mark.kafka]
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools import media_factory as mf
 from service.errors import CorruptMedia
 from service.faces import iou
 from service.pipeline import Pipeline
 from service.schemas import ScoreResult
-from tests import media_factory as mf
 
 
 def test_face_clip_faces_found_where_they_are(pipeline: Pipeline, face_clip: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devtools import media_factory as mf
+from devtools.postgres_server import PostgresServer
+from devtools.records import new_decision as _new
 from service.config import Settings
-from service.events import FlagEvent, FlagTimings
 from service.fingerprint import frame_hashes, match_fraction, to_signed, to_unsigned
 from service.media import load_media
 from service.schemas import ModelRef, UsedThresholds
-from service.store import DecisionStore, NewDecision
+from service.store import DecisionStore
 from service.worker.offsets import PartitionOffsets
-from tests import media_factory as mf
-from tests.postgres_server import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -36,40 +35,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionSt
         with s.engine.begin() as conn:
             conn.exec_driver_sql("TRUNCATE decisions, frame_hashes RESTART IDENTITY")
     s.close()
-
-
-def _new(
-    video_id: str,
-    *,
-    tenant: str = "acme",
-    decision: str = "allow",
-    sha: str | None = "ab" * 32,
-    hashes: tuple[int, ...] = (),
-    origin: str = "scored",
-    event: str = "ev-1",
-) -> NewDecision:
-    flag = FlagEvent(
-        event_id=f"flag-{tenant}-{video_id}",
-        video_id=video_id,
-        tenant=tenant,
-        decision=decision,  # type: ignore[arg-type]
-        score=0.9 if decision == "flag" else 0.1,
-        reasons=["untrained_model"],
-        model=ModelRef(name="m", version="1"),
-        top_frames=[],
-        timings_ms=FlagTimings(fetch=1.0, total=5.0),
-        decided_at=datetime(2026, 11, 27, tzinfo=UTC),
-        source_event_id=event,
-    )
-    return NewDecision(
-        tenant=tenant,
-        origin=origin,  # type: ignore[arg-type]
-        thresholds=UsedThresholds(review=0.5, flag=0.8),
-        aggregation="confident",
-        sha256=sha,
-        flag=flag,
-        frame_hashes=hashes,
-    )
 
 
 def test_put_is_idempotent_and_the_first_decision_wins(store: DecisionStore) -> None:

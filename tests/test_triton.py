@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from devtools.servers import gateway
+from devtools.triton_server import TritonServer
 from service.config import Settings
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
@@ -22,8 +24,6 @@ from service.inference.triton import TritonBackend
 from service.models import UNTRAINED_MANIFEST
 from service.pipeline import Pipeline, build_detector
 from service.triton.repo import RepoOptions, build_repo
-from service.triton.server import TritonServer
-from tests.servers import gateway
 
 pytestmark = pytest.mark.triton
 

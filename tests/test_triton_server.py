@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from service.triton.server import DEFAULT_VENV, TritonServer, _shm_regions, find_pytriton
+from devtools.triton_server import DEFAULT_VENV, TritonServer, _shm_regions, find_pytriton
 
 pytestmark = pytest.mark.triton
 
@@ -152,7 +152,7 @@ def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_import_is_stdlib_only() -> None:
-    code = "import sys, service.triton.server; sys.exit(bool({'numpy', 'tritonclient'} & set(sys.modules)))"
+    code = "import sys, devtools.triton_server; sys.exit(bool({'numpy', 'tritonclient'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -19,6 +19,18 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from devtools import media_factory as mf
+from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tools import (
+    Producer,
+    Topics,
+    committed_and_end,
+    create_topics,
+    file_uri,
+    read_topic,
+    upload_event,
+)
+from devtools.servers import FlakyMediaHost, free_port, gateway
 from service.config import Settings
 from service.events import FlagEvent
 from service.fingerprint import frame_hashes
@@ -28,18 +40,6 @@ from service.schemas import ModelRef, UsedThresholds
 from service.store import DecisionStore, NewDecision
 from service.worker import EventHandler, Worker, build_worker
 from service.worker.handler import flag_event_id
-from tests import media_factory as mf
-from tests.kafka_broker import KafkaBroker
-from tests.kafka_tools import (
-    Producer,
-    Topics,
-    committed_and_end,
-    create_topics,
-    file_uri,
-    read_topic,
-    upload_event,
-)
-from tests.servers import FlakyMediaHost, free_port, gateway
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parent.parent

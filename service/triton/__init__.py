@@ -1,5 +1,1 @@
-"""Local Triton Inference Server tooling: a launcher for the CPU tritonserver bundled in nvidia-pytriton."""
-
-from service.triton.server import TritonServer, find_pytriton
-
-__all__ = ["TritonServer", "find_pytriton"]
+"""Triton Inference Server support: the model repository generated from the manifests (`repo`)."""

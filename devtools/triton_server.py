@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".cache" / "triton-venv"
 SERVER_CACHE = REPO_ROOT / ".cache" / "triton-server"
 HOST = "127.0.0.1"

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.servers import free_port
+from devtools.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ local use.
 The jars come from Maven Central via `scripts/setup_kafka.sh` (cached in ~/.cache/dfguard). `restart()` keeps
 the log directory and ports, so a test can take the broker away under a running worker and bring it back.
 
-    python -m tests.kafka_broker --port 9092     # a local broker until Ctrl-C
+    python -m devtools.kafka_broker --port 9092     # a local broker until Ctrl-C
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.servers import free_port
+from devtools.servers import free_port
 
 KAFKA_VERSION = os.environ.get("DFG_KAFKA_VERSION", "4.1.1")
 KAFKA_HOME = Path(os.environ.get("DFG_KAFKA_HOME", Path.home() / ".cache/dfguard" / f"kafka-{KAFKA_VERSION}"))

@@ -18,7 +18,7 @@ Rotation convention (verified with PyAV 18.1 / FFmpeg 8.1 for .mp4, .mov, .mkv a
 * PyAV 18 exposes the rotation only on decoded frames (``frame.rotation``, or the DISPLAYMATRIX entry
   of ``frame.side_data``); ``stream.metadata`` has no ``rotate`` tag with FFmpeg 8.
 
-Run ``python -m tests.media_factory sample OUT.mp4 [--seconds 10]`` for the benchmark clip.
+Run ``python -m devtools.media_factory sample OUT.mp4 [--seconds 10]`` for the benchmark clip.
 """
 
 from __future__ import annotations
@@ -697,9 +697,9 @@ def make_png_named_mp4(path: str | Path, photo: str = "astronaut") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.media_factory sample OUT.mp4 [--seconds 10] [--preset veryfast]``."""
+    """``python -m devtools.media_factory sample OUT.mp4 [--seconds 10] [--preset veryfast]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.media_factory", description="Generate media files for tests and benchmarks."
+        prog="python -m devtools.media_factory", description="Generate media files for tests and benchmarks."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sample = sub.add_parser("sample", help="benchmark clip: 1280x720 30 fps H.264 with one moving face")
