@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from service.events import FlagEvent, FlagTimings
-from service.schemas import ModelRef, UsedThresholds
+from service.schemas import Decision, ModelRef, UsedThresholds
 from service.store import NewDecision
 
 __all__ = ["new_decision"]
@@ -15,7 +15,7 @@ def new_decision(
     video_id: str,
     *,
     tenant: str = "acme",
-    decision: str = "allow",
+    decision: Decision = "allow",
     sha: str | None = "ab" * 32,
     hashes: tuple[int, ...] = (),
     origin: str = "scored",
@@ -25,7 +25,7 @@ def new_decision(
         event_id=f"flag-{tenant}-{video_id}",
         video_id=video_id,
         tenant=tenant,
-        decision=decision,  # type: ignore[arg-type]
+        decision=decision,
         score=0.9 if decision == "flag" else 0.1,
         reasons=["untrained_model"],
         model=ModelRef(name="m", version="1"),

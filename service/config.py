@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     )
     model_paths: list[Path] = Field(
         default_factory=list,
-        description="Manifest files (model.json) of the models to serve; empty: the bundled default model.",
+        description="One ensemble manifest, or model manifests (model.json) served as an ad-hoc ensemble; "
+        "empty: the bundled default ensemble.",
     )
     inference_threads: int = Field(
         default_factory=lambda: min(2, os.cpu_count() or 1),
@@ -106,9 +107,21 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads.",
     )
     max_batch_size: int = Field(64, ge=1, description="Crops per inference call.")
-    aggregation: Aggregation = "confident"
-    review_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    flag_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    aggregation: Aggregation | None = Field(
+        None, description="Override of the ensemble manifest's aggregation (default `confident`)."
+    )
+    review_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Override of the ensemble's fitted review threshold (else its manifest's, else 0.5).",
+    )
+    flag_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Override of the ensemble's fitted flag threshold (else its manifest's, else 0.8).",
+    )
 
     # --- gateway ----------------------------------------------------------------------------------------
     api_keys: dict[str, str] = Field(
@@ -203,6 +216,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
-        if self.review_threshold > self.flag_threshold:
+        r, f = self.review_threshold, self.flag_threshold
+        if r is not None and f is not None and r > f:
             raise ValueError("review_threshold must not exceed flag_threshold")
         return self

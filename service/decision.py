@@ -14,15 +14,55 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.config import Aggregation
-from service.schemas import Decision
+from service.schemas import Decision, ThresholdSource
 
-__all__ = ["Thresholds", "Verdict", "aggregate", "decide"]
+__all__ = ["DEFAULT_AGGREGATION", "Policy", "Thresholds", "Verdict", "aggregate", "choose_policy", "decide"]
+
+DEFAULT_AGGREGATION: Aggregation = "confident"
 
 
 @dataclass(frozen=True)
 class Thresholds:
     review: float = 0.5
     flag: float = 0.8
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How crop scores become a decision, and where the thresholds came from (recorded with every verdict)."""
+
+    thresholds: Thresholds
+    aggregation: Aggregation
+    source: ThresholdSource
+
+
+def choose_policy(
+    *,
+    review: float | None,
+    flag: float | None,
+    aggregation: Aggregation | None,
+    ensemble: tuple[float, float] | None,
+    ensemble_aggregation: Aggregation | None,
+    model: tuple[float, float] | None,
+) -> Policy:
+    """Explicit settings win; then the ensemble manifest's fitted thresholds; then a lone model's calibrated
+    thresholds; then the defaults. A partial override (only review or only flag) keeps the other value of the
+    base and is recorded as `settings`. Raises ValueError when the result has review above flag."""
+    base, source = Thresholds(), "default"
+    if ensemble is not None:
+        base, source = Thresholds(*ensemble), "ensemble"
+    elif model is not None:
+        base, source = Thresholds(*model), "model"
+    if review is not None or flag is not None:
+        source = "settings"
+        base = Thresholds(base.review if review is None else review, base.flag if flag is None else flag)
+    if base.review > base.flag:
+        raise ValueError(
+            f"review threshold {base.review} is above flag threshold {base.flag} "
+            "(check DFG_REVIEW_THRESHOLD / DFG_FLAG_THRESHOLD against the ensemble manifest's)"
+        )
+    chosen = aggregation or ensemble_aggregation or DEFAULT_AGGREGATION
+    return Policy(base, chosen, source)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.config import Settings
-from service.decision import Thresholds, Verdict, aggregate, decide
+from service.decision import Policy, Verdict, aggregate, choose_policy, decide
 from service.faces import (
     Detection,
     FaceDetector,
@@ -28,10 +28,18 @@ from service.faces import (
 )
 from service.inference import InferenceBackend, OnnxRuntimeBackend
 from service.media import PendingMedia, SampledMedia, file_sha256, isolation_from_settings, warm_up
-from service.models import DEFAULT_MANIFEST, ModelManifest
-from service.schemas import FaceResult, FrameResult, MediaInfo, ModelRef, ScoreResult, Timings
+from service.models import DEFAULT_MANIFEST, EnsembleManifest, ModelManifest, ModelSet, resolve_models
+from service.schemas import (
+    FaceResult,
+    FrameResult,
+    MediaInfo,
+    ModelRef,
+    ScoreResult,
+    Timings,
+    UsedThresholds,
+)
 
-__all__ = ["Pipeline", "StageResult", "build_backend", "build_detector"]
+__all__ = ["Pipeline", "StageResult", "build_backend", "build_detector", "choose_models"]
 
 
 def build_detector(s: Settings) -> FaceDetector:
@@ -43,8 +51,14 @@ def build_detector(s: Settings) -> FaceDetector:
     )
 
 
-def build_backend(s: Settings) -> InferenceBackend:
-    manifests = list(s.model_paths) or [DEFAULT_MANIFEST]
+def choose_models(s: Settings) -> ModelSet:
+    """The served models: `DFG_MODEL_PATHS` (one ensemble manifest, or model manifests), else the bundled
+    default ensemble."""
+    return resolve_models(list(s.model_paths) or [DEFAULT_MANIFEST])
+
+
+def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBackend:
+    manifests = (models or choose_models(s)).member_paths
     if s.backend == "triton":
         from service.inference.triton import TritonBackend  # the gRPC client only where it is used
 
@@ -71,7 +85,9 @@ class StageResult:
     mean_scores: npt.NDArray[np.float32]
 
 
-def _ensemble_ref(models: Sequence[ModelManifest]) -> ModelRef:
+def _ensemble_ref(models: Sequence[ModelManifest], ensemble: EnsembleManifest | None) -> ModelRef:
+    if ensemble is not None:
+        return ModelRef(name=ensemble.name, version=ensemble.version)
     if len(models) == 1:
         return ModelRef(name=models[0].name, version=models[0].version)
     return ModelRef(name="+".join(m.name for m in models), version="+".join(m.version for m in models))
@@ -80,30 +96,48 @@ def _ensemble_ref(models: Sequence[ModelManifest]) -> ModelRef:
 class Pipeline:
     """Scores media files. Thread-compatible: one instance may serve concurrent calls."""
 
-    def __init__(self, settings: Settings, detector: FaceDetector, backend: InferenceBackend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        detector: FaceDetector,
+        backend: InferenceBackend,
+        ensemble: EnsembleManifest | None = None,
+    ) -> None:
         self.settings = settings
         self.detector = detector
         self.backend = backend
         self.models = backend.models
-        self.model_ref = _ensemble_ref(self.models)
-        self.thresholds = self._thresholds()
+        self.ensemble = ensemble
+        self.model_ref = _ensemble_ref(self.models, ensemble)
+        self.policy = self._policy()
+        self.thresholds = self.policy.thresholds
         self.untrained = any(not m.trained for m in self.models)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
         if settings.decode_isolation == "process":
             warm_up(isolation_from_settings(settings))  # the decoder host starts while the models load
-        return cls(settings, build_detector(settings), build_backend(settings))
+        models = choose_models(settings)
+        return cls(settings, build_detector(settings), build_backend(settings, models), models.ensemble)
 
-    def _thresholds(self) -> Thresholds:
-        """Calibrated thresholds of the models (mean over the ensemble) win over the settings' defaults."""
-        calibrated = [m.thresholds for m in self.models if m.thresholds is not None]
-        if calibrated and len(calibrated) == len(self.models):
-            return Thresholds(
-                review=float(np.mean([t.review for t in calibrated])),
-                flag=float(np.mean([t.flag for t in calibrated])),
-            )
-        return Thresholds(self.settings.review_threshold, self.settings.flag_threshold)
+    def _policy(self) -> Policy:
+        """Thresholds and aggregation: explicit settings, else the ensemble manifest's, else a lone model's
+        calibrated thresholds, else the defaults (`service.decision.choose_policy`)."""
+        ens = self.ensemble
+        lone = self.models[0].thresholds if len(self.models) == 1 else None
+        return choose_policy(
+            review=self.settings.review_threshold,
+            flag=self.settings.flag_threshold,
+            aggregation=self.settings.aggregation,
+            ensemble=(ens.thresholds.review, ens.thresholds.flag) if ens and ens.thresholds else None,
+            ensemble_aggregation=ens.aggregation if ens else None,
+            model=(lone.review, lone.flag) if lone else None,
+        )
+
+    @property
+    def used_thresholds(self) -> UsedThresholds:
+        t = self.policy.thresholds
+        return UsedThresholds(review=t.review, flag=t.flag, source=self.policy.source)
 
     # --- stages ----------------------------------------------------------------------------------------
 
@@ -168,7 +202,7 @@ class Pipeline:
         score = aggregate(
             {k: v.tolist() for k, v in stage.scores_by_model.items()},
             stage.crop_frames,
-            self.settings.aggregation,
+            self.policy.aggregation,
         )
         extra = []
         if media.header.partial:
@@ -238,6 +272,8 @@ class Pipeline:
             decision=verdict.decision,
             reasons=verdict.reasons,
             model=self.model_ref,
+            thresholds=self.used_thresholds,
+            aggregation=self.policy.aggregation,
             timings_ms=Timings(decode=ms[0], detect=ms[1], classify=ms[2], total=ms[3]),
             frames=frames,
         )

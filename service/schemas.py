@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Decision = Literal["allow", "review", "flag"]
 DecisionOrigin = Literal["scored", "duplicate", "near_duplicate", "media_error"]
+ThresholdSource = Literal["settings", "ensemble", "model", "default"]
 MediaKind = Literal["video", "image"]
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ModelRef",
     "ScoreResult",
     "ScoreUrlRequest",
+    "ThresholdSource",
     "Timings",
     "UsedThresholds",
 ]
@@ -76,6 +78,17 @@ class FrameResult(_Out):
     faces: list[FaceResult]
 
 
+class UsedThresholds(_Out):
+    review: float
+    flag: float
+    source: ThresholdSource | None = Field(
+        None,
+        description="Where they came from: `settings` (DFG_REVIEW_THRESHOLD and/or DFG_FLAG_THRESHOLD set "
+        "explicitly), `ensemble` (fitted for the served ensemble, in its manifest), `model` (a lone model's "
+        "calibrated thresholds), `default` (0.5 / 0.8). Null on decisions stored before it was recorded.",
+    )
+
+
 class ScoreResult(_Out):
     """The verdict on one piece of media."""
 
@@ -86,6 +99,8 @@ class ScoreResult(_Out):
     decision: Decision
     reasons: list[str]
     model: ModelRef
+    thresholds: UsedThresholds = Field(description="The review / flag thresholds this decision applied.")
+    aggregation: str = Field(description="How crop scores became the video score (per model, then mean).")
     timings_ms: Timings
     frames: list[FrameResult]
 
@@ -142,11 +157,6 @@ class Health(_Out):
 
 
 # --- stored decisions (worker writes, gateway reads) --------------------------------------------------------
-
-
-class UsedThresholds(_Out):
-    review: float
-    flag: float
 
 
 class DecisionRecord(_Out):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.training
 
 from training import collect as collect_mod  # noqa: E402
 from training.blend import face_hull_mask, face_swap, self_blend  # noqa: E402
-from training.metrics import accuracy_at, auc, bootstrap, log_loss  # noqa: E402
+from training.metrics import accuracy_at, auc, bootstrap, clopper_pearson, log_loss  # noqa: E402
 from training.sources import SOURCES  # noqa: E402
 
 
@@ -51,7 +51,84 @@ def test_splits_never_share_a_group() -> None:
     assert set(splits) == set(groups) and set(splits.values()) == {"train", "val", "test"}
     total = sum(groups.values())
     test_faces = sum(n for g, n in groups.items() if splits[g] == "test")
-    assert 0.3 * total <= test_faces <= 0.3 * total + 4
+    share = collect_mod.SPLIT_SHARES["test"]
+    assert share * total <= test_faces <= share * total + 4
+
+
+def test_clopper_pearson_matches_known_intervals() -> None:
+    lo, hi = clopper_pearson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.3085, abs=1e-4)  # the "rule of three" region, exact
+    lo, hi = clopper_pearson(5, 10)
+    assert (lo, hi) == (pytest.approx(0.1871, abs=1e-4), pytest.approx(0.8129, abs=1e-4))
+    assert clopper_pearson(10, 10) == (pytest.approx(0.6915, abs=1e-4), 1.0)
+
+
+def test_thresholds_fit_validation_reals() -> None:
+    from training.calibrate import fit_thresholds
+
+    reals = [i / 100 for i in range(100)]  # 0.00 .. 0.99
+    review, flag = fit_thresholds(reals, flag_margin=1.0)
+    assert review == 0.95  # the 95th percentile (an observed score)
+    assert 0.99 < flag <= 0.999  # above every validation real, by a logit margin, capped
+    assert fit_thresholds([0.1] * 30, flag_margin=1.0)[1] == pytest.approx(0.232, abs=1e-3)
+    with pytest.raises(ValueError, match="too few"):
+        fit_thresholds([0.1] * 5)
+
+
+def _save(path: Path, img: np.ndarray, quality: int = 95) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, quality=quality)
+
+
+def test_collect_deduplicates_across_sources_and_keeps_rendered_apart(tmp_path: Path) -> None:
+    """A copy of a packaged photo in a folder (rescaled, re-encoded, mirrored) is found and merged; the other
+    face stays; a rendered folder becomes its own split; folder rules name the same person."""
+    import cv2
+    from skimage import data
+
+    from training.sources import FolderSpec, folder_source
+
+    astronaut = np.ascontiguousarray(data.astronaut())
+    copy = cv2.resize(astronaut, (400, 400), interpolation=cv2.INTER_AREA)
+    _save(tmp_path / "photos" / "copy-of-astronaut.jpg", np.ascontiguousarray(copy[:, ::-1]), quality=70)
+    hopper = [s for s in SOURCES if s.name == "matplotlib"]
+    (_, hopper_bytes), *_ = list(hopper[0].read(tmp_path))
+    (tmp_path / "photos" / "hopper-a.jpg").write_bytes(hopper_bytes)
+    turned = cv2.warpAffine(  # another picture as far as dedup goes (thumbnails correlate ~0.6)
+        astronaut, cv2.getRotationMatrix2D((256, 256), 12, 1.0), (512, 512), borderMode=cv2.BORDER_REFLECT
+    )
+    _save(tmp_path / "rendered" / "cgi-1.jpg", np.ascontiguousarray(turned))
+    folders = [
+        FolderSpec(
+            name="mine",
+            path=tmp_path / "photos",
+            origin="test",
+            licence="test",
+            same_person={"hopper-": "gh"},
+        ),
+        FolderSpec(name="cgi", path=tmp_path / "rendered", origin="test", licence="test", kind="rendered"),
+    ]
+    local = [s for s in SOURCES if s.name in ("skimage", "matplotlib")]
+    records = collect_mod.collect(
+        tmp_path / "out", sources=[*local, *(folder_source(f) for f in folders)], shares={}
+    )
+    report = json.loads((tmp_path / "out" / "collect.json").read_text())
+    real = [r for r in records if r.kind == "real"]
+    by_source = {r.source: r for r in real}
+    # The astronaut's larger copy (skimage, 512 px) is kept, the folder's copy dropped and recorded; Grace
+    # Hopper's two identical files are one picture too (the first source's copy is kept).
+    assert len(real) == 2 and set(by_source) == {"skimage", "matplotlib"}
+    assert by_source["skimage"].duplicates == ("mine:photos/copy-of-astronaut.jpg",)
+    assert by_source["matplotlib"].duplicates == ("mine:photos/hopper-a.jpg",)
+    assert len(report["duplicates"]) == 2
+    # Each kept face joined its copy's splitting group (named by the smallest member name).
+    assert by_source["skimage"].group == "mine:photos/copy-of-astronaut.jpg"
+    assert by_source["matplotlib"].group.startswith("matplotlib:")
+    (rendered,) = [r for r in records if r.kind == "rendered"]
+    assert rendered.split == collect_mod.RENDERED_SPLIT and rendered.source == "cgi"
+    assert all(r.split == "train" for r in real)  # shares={}: every real group in train
 
 
 def _photo(tmp: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,9 @@
 For every face of the split: the real photo, Self-Blended versions, and cross-identity swaps whose source is
 another person of the same split (so both identities are unseen in training), each as a still (PNG) and as
 clips at both compression levels. `index.json` lists every item with its label, kind and the identity of the
-person whose face is shown around the manipulation (the bootstrap resamples those).
+person whose face is shown around the manipulation (the bootstrap resamples those). The `rendered` split
+(computer-generated people) gets its originals only, as stills and clips of kind `rendered`: a slice to report
+decisions on, neither real nor fake.
 """
 
 from __future__ import annotations
@@ -35,19 +37,24 @@ def make_eval_set(root: Path, split: str, *, per_face: int = 3, seed: int = 1, c
         raise ValueError(f"split {split} needs at least two faces for swaps")
     out = root / "eval" / split
     items: list[dict[str, object]] = []
+    rendered = all(f.record.kind == "rendered" for f in faces)
     for i, face in enumerate(faces):
         rng = np.random.default_rng((seed, i))
         others = [f for f in faces if f.record.identity != face.record.identity]
         variants: list[tuple[str, int, np.ndarray]] = []
         for _ in range(per_face):
+            if rendered:
+                variants.append(("rendered", 0, face.image))
+                continue
             variants.append(("real", 0, face.image))
             variants.append(("sbi", 1, self_blend(face.image, face.landmarks, rng)[0]))
             src = others[int(rng.integers(len(others)))]
             variants.append(("swap", 1, face_swap(src.image, src.landmarks, face.image, face.landmarks)))
+        step = 1 if rendered else 3
         for n, (kind, label, img) in enumerate(variants):
-            stem = f"{face.record.id}-{kind}-{n // 3}"
+            stem = f"{face.record.id}-{kind}-{n // step}"
             base = {"kind": kind, "label": label, "identity": face.record.identity, "face": face.record.id}
-            if kind != "real" or n // 3 == 0:  # one still per real face: repeats would be identical
+            if kind not in ("real", "rendered") or n // step == 0:  # one still per original (repeats: equal)
                 still = out / "stills" / f"{stem}.png"
                 _save_still(img, still)
                 items.append(
@@ -68,7 +75,7 @@ def make_eval_set(root: Path, split: str, *, per_face: int = 3, seed: int = 1, c
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(".cache/training"))
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "test", "rendered"])
     parser.add_argument("--per-face", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)

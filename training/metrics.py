@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["accuracy_at", "auc", "bootstrap", "log_loss"]
+__all__ = ["accuracy_at", "auc", "bootstrap", "clopper_pearson", "log_loss"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -75,3 +75,16 @@ def bootstrap(
         return point, float("nan"), float("nan")
     lo, hi = np.percentile(values, [2.5, 97.5])
     return point, float(lo), float(hi)
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided 1 - alpha interval of a binomial rate k / n: conservative, and right
+    at 0 of n, where the normal approximation claims a zero-width interval. Treats the n trials as
+    independent (clips of one person are not quite: the identity bootstrap is the other view)."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return float("nan"), float("nan")
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi

@@ -2,7 +2,14 @@
 
 from pathlib import Path
 
-from service.models.manifest import CalibratedThresholds, ModelManifest, load_manifest
+from service.models.manifest import (
+    CalibratedThresholds,
+    EnsembleManifest,
+    ModelManifest,
+    ModelSet,
+    load_manifest,
+    resolve_models,
+)
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 # Trained here on Self-Blended Images (training/, see builtin/sbi-mnv3s/MODEL_CARD.md).
@@ -16,6 +23,9 @@ __all__ = [
     "DEFAULT_MANIFEST",
     "UNTRAINED_MANIFEST",
     "CalibratedThresholds",
+    "EnsembleManifest",
     "ModelManifest",
+    "ModelSet",
     "load_manifest",
+    "resolve_models",
 ]

@@ -1,18 +1,35 @@
-"""Model manifests: everything needed to feed a classifier exactly as it was trained.
+"""Model manifests: everything needed to feed a classifier exactly as it was trained, and ensembles.
 
 A manifest (`model.json`) sits beside its ONNX file. Cropping (margin, size, resize recipe) and normalisation
 come from it and nowhere else, so a served model can never silently see different pixels than in training.
+An ensemble manifest (`"kind": "ensemble"`) names its member manifests with the aggregation and the
+thresholds fitted for exactly that combination: thresholds belong to what produces the score, so they are not
+averaged from members calibrated alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CalibratedThresholds", "ModelManifest", "find_manifest", "load_manifest"]
+from service.config import Aggregation
+
+__all__ = [
+    "CalibratedThresholds",
+    "EnsembleManifest",
+    "EnsembleThresholds",
+    "ModelManifest",
+    "ModelSet",
+    "find_manifest",
+    "load_manifest",
+    "resolve_models",
+]
 
 
 class CalibratedThresholds(BaseModel):
@@ -60,6 +77,64 @@ class ModelManifest(BaseModel):
         if self.thresholds and self.thresholds.review > self.thresholds.flag:
             raise ValueError("thresholds.review must not exceed thresholds.flag")
         return self
+
+
+class EnsembleThresholds(CalibratedThresholds):
+    """Thresholds fitted on the ensemble's own video scores, with how and on what."""
+
+    method: str = Field(description="How they were fitted, e.g. the validation-real quantiles used.")
+    fitted_on: str = Field(description="The data they were fitted on (never the test split).")
+
+
+class EnsembleManifest(BaseModel):
+    """The unit that is served and calibrated: member models, aggregation, thresholds for that aggregation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    kind: Literal["ensemble"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str
+    members: list[str] = Field(min_length=1, description="Member manifests, relative to this file.")
+    aggregation: Aggregation = Field(
+        description="Per-model aggregation of crop scores (then mean over models)."
+    )
+    thresholds: EnsembleThresholds | None = None
+    description: str = ""
+    licence: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """What `DFG_MODEL_PATHS` resolves to: member manifests, and the ensemble manifest if one was named."""
+
+    member_paths: list[Path]
+    ensemble: EnsembleManifest | None = None
+
+
+def _is_ensemble(path: Path) -> bool:
+    data = json.loads(path.read_bytes())
+    return isinstance(data, dict) and data.get("kind") == "ensemble"
+
+
+def resolve_models(paths: Sequence[str | Path]) -> ModelSet:
+    """One ensemble manifest, or any number of model manifests (an ad-hoc ensemble without thresholds)."""
+    given = [Path(p) for p in paths]
+    if not given:
+        raise ValueError("at least one model manifest is required")
+    ensembles = [p for p in given if _is_ensemble(p)]
+    if not ensembles:
+        return ModelSet(given)
+    if len(given) > 1:
+        raise ValueError(
+            f"{ensembles[0]} is an ensemble manifest: name it alone ({len(given)} manifests given)"
+        )
+    ens = EnsembleManifest.model_validate_json(ensembles[0].read_bytes())
+    members = [(ensembles[0].parent / m).resolve() for m in ens.members]
+    for m in members:
+        if not m.is_file():
+            raise FileNotFoundError(f"member manifest {m} named by {ensembles[0]} does not exist")
+    return ModelSet(members, ens)
 
 
 def load_manifest(path: str | Path) -> tuple[ModelManifest, Path]:

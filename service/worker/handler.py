@@ -40,7 +40,7 @@ from service.fingerprint import frame_hashes
 from service.media import PendingMedia
 from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
 from service.pipeline import Pipeline
-from service.schemas import ModelRef, ScoreResult, UsedThresholds
+from service.schemas import ModelRef, ScoreResult
 from service.sources import FetchPolicy, fetch_to_file_sync
 from service.store import DecisionStore, NewDecision, StoredDecision
 
@@ -105,7 +105,7 @@ class EventHandler:
         self.pipeline = pipeline
         self.store = store
         self.policy = FetchPolicy.from_settings(settings)
-        self.thresholds = UsedThresholds(review=pipeline.thresholds.review, flag=pipeline.thresholds.flag)
+        self.thresholds = pipeline.used_thresholds
         self.scratch = tempfile.mkdtemp(prefix="dfguard-worker-")  # fetched media, one file per event
 
     def close(self) -> None:
@@ -253,7 +253,7 @@ class EventHandler:
             tenant=upload.tenant,
             origin="scored",
             thresholds=self.thresholds,
-            aggregation=self.settings.aggregation,
+            aggregation=self.pipeline.policy.aggregation,
             sha256=fetched.sha256,
             flag=flag,
             frame_hashes=hashes,
@@ -296,7 +296,7 @@ class EventHandler:
             tenant=upload.tenant,
             origin="media_error",
             thresholds=self.thresholds,
-            aggregation=self.settings.aggregation,
+            aggregation=self.pipeline.policy.aggregation,
             sha256=sha256,
             flag=flag,
         )
