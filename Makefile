@@ -2,6 +2,7 @@
 # embedded defaults)
 # and `make test` (set up, then lint, type-check and run every test). Both are idempotent.
 SAMPLE := .cache/sample.mp4
+SWAP_SAMPLE := .cache/sample-swap.mp4
 VENV := .venv/bin
 
 .PHONY: setup run test lint bench format
@@ -13,8 +14,14 @@ $(SAMPLE): | setup
 	@mkdir -p .cache
 	$(VENV)/python -m devtools.media_factory sample $(SAMPLE)
 
-run: setup $(SAMPLE)
-	$(VENV)/dfguard score $(SAMPLE)
+$(SWAP_SAMPLE): | setup
+	@mkdir -p .cache
+	$(VENV)/python -m devtools.media_factory sample --swap $(SWAP_SAMPLE)
+
+# Two generated samples: a real face (astronaut) and a face swap (Grace Hopper's face on the astronaut).
+run: setup $(SAMPLE) $(SWAP_SAMPLE)
+	@echo "--- a real face:"; $(VENV)/dfguard score $(SAMPLE)
+	@echo "--- a face swap:"; $(VENV)/dfguard score $(SWAP_SAMPLE)
 	$(VENV)/dfguard score --json $(SAMPLE)
 	$(VENV)/dfguard serve --host 127.0.0.1 --port 8080
 

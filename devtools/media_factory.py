@@ -57,6 +57,13 @@ PHOTO_SOURCES: dict[str, dict[str, str]] = {
         "source": "Official U.S. Navy photograph (Wikimedia Commons)",
         "licence": "Public domain (work of the U.S. federal government)",
     },
+    "astronaut_swapped": {
+        "loader": "training.blend.face_swap(grace_hopper -> astronaut)",
+        "subject": "A face swap: Grace Hopper's inner face on the astronaut photo (5-landmark similarity "
+        "warp, colour transfer, Poisson blend: the classic FaceSwap recipe of training/blend.py)",
+        "source": "made here from the two public-domain photos above",
+        "licence": "Public domain sources; a manipulated picture, for demonstrations and tests only",
+    },
     "coffee": {
         "loader": "skimage.data.coffee()",
         "subject": "Coffee cup on a wooden table (no face); background of every clip and image",
@@ -169,11 +176,27 @@ def _load_photo(name: str) -> np.ndarray:
         from skimage import data
 
         arr = getattr(data, name)()  # skimage.data.<name>(): bundled with the wheel, no download
+    elif name == "astronaut_swapped":
+        arr = _swapped("grace_hopper", "astronaut")
     else:
         raise ValueError(f"unknown photo {name!r}; choose from {sorted(PHOTO_SOURCES)}")
     arr = np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
     arr.flags.writeable = False
     return arr
+
+
+def _swapped(source: str, target: str) -> np.ndarray:
+    """`source`'s face swapped onto `target` with the evaluation swap recipe (landmarks from the service's
+    own detector)."""
+    from service.faces import RetinaFaceDetector
+    from training.blend import face_swap  # numpy/OpenCV only: no training extra needed
+
+    detector = RetinaFaceDetector(threads=1)
+    src, tgt = _load_photo(source), _load_photo(target)
+    (s_det,), (t_det,) = detector.detect([src], 640), detector.detect([tgt], 640)
+    if not s_det or not t_det or s_det[0].landmarks is None or t_det[0].landmarks is None:
+        raise RuntimeError(f"no face with landmarks in {source} or {target}")
+    return face_swap(src, s_det[0].landmarks, tgt, t_det[0].landmarks)
 
 
 def face_photos() -> dict[str, np.ndarray]:
@@ -498,12 +521,17 @@ def make_long_gop_clip(path: str | Path, **kwargs: Unpack[ClipKwargs]) -> Path:
 
 
 def make_sample_clip(
-    path: str | Path, *, seconds: float = 10.0, preset: str = "veryfast", face_height_frac: float = 0.45
+    path: str | Path,
+    *,
+    seconds: float = 10.0,
+    preset: str = "veryfast",
+    face_height_frac: float = 0.45,
+    photo: str = "astronaut",
 ) -> Path:
     """The benchmark clip: 1280x720, 30 fps, H.264, one moving face.
 
     The default photo height (0.45 of the frame) gives a small face (about 9 % of the frame height); 0.95
-    gives a talking-head close-up (about 20 %).
+    gives a talking-head close-up (about 20 %). `photo="astronaut_swapped"` shows a face swap instead.
     """
     return make_face_clip(
         path,
@@ -511,6 +539,7 @@ def make_sample_clip(
         fps=30,
         width=1280,
         height=720,
+        photo=photo,
         preset=preset,
         face_height_frac=face_height_frac,
     )
@@ -707,11 +736,18 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--seconds", type=float, default=10.0)
     sample.add_argument("--preset", default="veryfast")
     sample.add_argument("--face-height-frac", type=float, default=0.45, help="photo height / frame height")
+    sample.add_argument(
+        "--swap", action="store_true", help="a face swap (Grace Hopper's face on the astronaut) instead"
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     out = make_sample_clip(
-        args.out, seconds=args.seconds, preset=args.preset, face_height_frac=args.face_height_frac
+        args.out,
+        seconds=args.seconds,
+        preset=args.preset,
+        face_height_frac=args.face_height_frac,
+        photo="astronaut_swapped" if args.swap else "astronaut",
     )
     elapsed = time.perf_counter() - start
     size = out.stat().st_size
