@@ -142,18 +142,34 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
 
-    try:
-        from service.models.importer import import_checkpoint
-    except ImportError as exc:  # torch is in the `training` extra, never in serving images
-        print(f"dfguard: models import needs the training extra (pip install 'dfguard[training]'): {exc}")
-        return 2
+    from service.models.importer import import_checkpoint
+    from service.models.mesonet import MesoNetFileError, import_mesonet
+
     manifests = []
     for ckpt in map(Path, args.checkpoints):
         name = args.name if args.name and len(args.checkpoints) == 1 else None
         name = name or re.sub(r"[^a-z0-9._-]+", "-", f"{args.family}-{ckpt.stem}".lower()).strip("-")
-        res = import_checkpoint(
-            ckpt, args.family, Path(args.out) / name, name=name, version=args.version, threads=args.threads
-        )
+        out, version, threads = Path(args.out) / name, args.version, args.threads
+        try:
+            if args.family == "meso":
+                licence = Path(args.licence_dir) if args.licence_dir else None
+                res = import_mesonet(
+                    ckpt,
+                    out,
+                    name=name,
+                    version=version,
+                    arch=args.arch,
+                    licence_dir=licence,
+                    threads=threads,
+                )
+            else:
+                res = import_checkpoint(ckpt, args.family, out, name=name, version=version, threads=threads)
+        except ImportError as exc:  # torch, h5py: the `training` extra, never in serving images
+            print(f"dfguard: models import needs the training extra (pip install 'dfguard[training]'): {exc}")
+            return 2
+        except MesoNetFileError as exc:
+            print(f"dfguard: models import: {exc}", file=sys.stderr)
+            return 2
         manifests.append(str(res.manifest))
         diff = res.parity_max_abs_diff
         print(f"imported {ckpt} -> {res.manifest} ({res.bytes} bytes; ONNX vs PyTorch max diff {diff:.2e})")
@@ -206,9 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp = models_sub.add_parser(
         "import", help="convert published checkpoints to ONNX + manifest (needs torch)"
     )
-    imp.add_argument("checkpoints", nargs="+", help="checkpoint files (.pth/.pt/.tar), one model each")
+    imp.add_argument("checkpoints", nargs="+", help="checkpoint files (.pth/.pt/.tar/.h5), one model each")
     imp.add_argument(
-        "--family", choices=["dfdc", "sbi"], required=True, help="dfdc: 1st place B7; sbi: SBI B4"
+        "--family",
+        choices=["dfdc", "sbi", "meso"],
+        required=True,
+        help="dfdc: 1st place B7; sbi: SBI B4; meso: MesoNet Keras HDF5 (Meso4 or MesoInception4)",
+    )
+    imp.add_argument(
+        "--arch", choices=["meso4", "mesoinception4"], help="meso: the architecture the file must hold"
+    )
+    imp.add_argument(
+        "--licence-dir", help="meso: folder with MesoNet's LICENSE and NOTICE (default: found near the file)"
     )
     imp.add_argument("--out", default="models", help="a sub-directory per model is written here")
     imp.add_argument("--name", help="model name (one checkpoint only; default: family + file name)")

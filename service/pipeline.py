@@ -187,7 +187,8 @@ class Pipeline:
         for (size, margin, resize), members in groups.items():
             crops = np.empty((len(flat), size, size, 3), dtype=np.uint8)
             for i, face in enumerate(flat):
-                crops[i] = crop_face(media.frames[face.frame], face.box, margin, size, resize)  # type: ignore[arg-type]
+                frame = media.frames[face.frame]
+                crops[i] = crop_face(frame, face.box, margin, size, resize, face.landmarks)  # type: ignore[arg-type]
             for m in members:
                 crops_by_model[m.name] = crops
         if flat:

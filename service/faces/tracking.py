@@ -1,8 +1,9 @@
 """Follow faces across sampled frames so the detector runs on every Nth frame only.
 
 Detections on key frames are linked into tracks greedily by IoU (a face that the detector misses on one key
-frame keeps its track); between two detections of a track the box is interpolated linearly, and a track's
-first and last box also cover the frames nearer to them than to the neighbouring key frame. On 32 frames of a
+frame keeps its track); between two detections of a track the box and the 5 landmarks are interpolated
+linearly in time, and a track's first and last box (and landmarks) also cover the frames nearer to them than
+to the neighbouring key frame. On 32 frames of a
 talking-head clip, detecting every 4th frame at 320 px costs 45-53 ms instead of 160 ms with boxes at IoU
 0.83-0.92 of per-frame detection; the crop margin absorbs the rest.
 """
@@ -10,6 +11,9 @@ talking-head clip, detecting every 4th frame at 320 px costs 45-53 ms instead of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from service.faces.types import Box, Detection, TrackedFace, iou
 
@@ -69,6 +73,12 @@ def _lerp(a: Box, b: Box, w: float) -> Box:
     )
 
 
+def _lerp_landmarks(a: Detection, b: Detection, w: float) -> npt.NDArray[np.float32] | None:
+    if a.landmarks is None or b.landmarks is None:
+        return None
+    return (a.landmarks + (b.landmarks - a.landmarks) * np.float32(w)).astype(np.float32)
+
+
 def track_faces(
     keyframes: list[int], keyframe_dets: list[list[Detection]], n_frames: int, min_iou: float
 ) -> list[list[TrackedFace]]:
@@ -87,14 +97,15 @@ def track_faces(
                 j += 1
             kf, det = keyframes[track.obs[j][0]], track.obs[j][1]
             if f == kf:
-                out[f].append(TrackedFace(f, det.box, det.score, track.id, tracked=False))
+                out[f].append(TrackedFace(f, det.box, det.score, track.id, False, det.landmarks))
             elif f > kf and j + 1 < len(track.obs):
                 kn, nxt = keyframes[track.obs[j + 1][0]], track.obs[j + 1][1]
                 w = (f - kf) / (kn - kf)
                 score = det.score if w < 0.5 else nxt.score
-                out[f].append(TrackedFace(f, _lerp(det.box, nxt.box, w), score, track.id, tracked=True))
-            else:  # before the first or after the last detection: hold the nearest box
-                out[f].append(TrackedFace(f, det.box, det.score, track.id, tracked=True))
+                box, landmarks = _lerp(det.box, nxt.box, w), _lerp_landmarks(det, nxt, w)
+                out[f].append(TrackedFace(f, box, score, track.id, True, landmarks))
+            else:  # before the first or after the last detection: hold the nearest box and landmarks
+                out[f].append(TrackedFace(f, det.box, det.score, track.id, True, det.landmarks))
     for faces in out:
         faces.sort(key=lambda t: t.track_id)
     return out

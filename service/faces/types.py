@@ -26,6 +26,7 @@ class TrackedFace:
     detector_score: float
     track_id: int
     tracked: bool
+    landmarks: npt.NDArray[np.float32] | None = None  # (5, 2) like Detection's, interpolated with the box
 
 
 def iou(a: Box, b: Box) -> float:

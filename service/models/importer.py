@@ -14,6 +14,9 @@ then loaded strictly from the checkpoint:
   stretched to 380x380, pixels / 255, no mean/std; score softmax[:, 1]. SBI aggregates with the max over faces
   per frame and the mean over frames: serve it with `DFG_AGGREGATION=max_face_mean_frames`.
 
+The third family, `meso` (MesoNet's Keras HDF5 weights), has its own reader and rebuild in
+`service.models.mesonet`.
+
 A checkpoint is untrusted input: it is read with `torch.load(..., weights_only=True)` (no pickled code runs)
 and must match the architecture key for key. PyTorch, timm and efficientnet_pytorch (the `training` extra) are
 imported only here, when a command imports weights.

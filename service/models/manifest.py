@@ -26,6 +26,7 @@ __all__ = [
     "EnsembleThresholds",
     "ModelManifest",
     "ModelSet",
+    "ModelSource",
     "find_manifest",
     "load_manifest",
     "resolve_models",
@@ -37,6 +38,20 @@ class CalibratedThresholds(BaseModel):
 
     review: float = Field(ge=0.0, le=1.0)
     flag: float = Field(ge=0.0, le=1.0)
+
+
+class ModelSource(BaseModel):
+    """Where imported weights came from, so that a converted copy can be traced and its terms honoured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: str = Field(description="Public repository of the reference implementation and weights.")
+    commit: str
+    file: str = Field(description="Name of the source weight file.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the source weight file.")
+    licence_files: tuple[str, ...] = Field(
+        (), description="Licence and notice files beside the manifest; they travel with every copy."
+    )
 
 
 class ModelManifest(BaseModel):
@@ -61,14 +76,19 @@ class ModelManifest(BaseModel):
     std: tuple[float, float, float] = Field(description="RGB std of pixels scaled to [0, 1].")
     normalization_in_graph: bool
     crop_margin: float = Field(ge=0.0, le=1.0, description="Fraction of the face box added on each side.")
-    resize: Literal["linear", "area_cubic", "stretch"] = Field(
-        "linear", description="Crop recipe (service.faces.crop): dfguard's, the DFDC winner's, or SBI's."
+    resize: Literal["linear", "area_cubic", "stretch", "aligned"] = Field(
+        "linear",
+        description="Crop recipe (service.faces.crop): dfguard's, the DFDC winner's, SBI's, or `aligned` "
+        "(MesoNet's: a square on the 5 detector landmarks, centred on the nose tip, side 2.86 x the larger "
+        "of the eye distance and the eyes-to-mouth distance, rotated so the eyes-to-mouth axis is vertical, "
+        "reflect-padded outside the frame; `crop_margin` does not apply).",
     )
     output: Literal["probability", "logit"] = Field(description="What the single output value per crop is.")
     output_meaning: str = "probability that the face is manipulated (fake)"
     thresholds: CalibratedThresholds | None = Field(None, description="Calibrated review/flag thresholds.")
     description: str = ""
     licence: str = ""
+    source: ModelSource | None = Field(None, description="Origin of imported weights.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelManifest:
@@ -148,6 +168,10 @@ def load_manifest(path: str | Path) -> tuple[ModelManifest, Path]:
         digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
         if digest != manifest.sha256:
             raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {manifest.sha256}")
+    licence_files = manifest.source.licence_files if manifest.source else ()
+    missing = [n for n in licence_files if not (path.parent / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} must travel with its licence files; missing beside it: {missing}")
     return manifest, model_path
 
 

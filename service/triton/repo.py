@@ -138,6 +138,8 @@ def build_repo(
         (d / "1" / "model.json").write_text(
             json.dumps(json.loads(manifest_path.read_text()), indent=2) + "\n"
         )
+        for name in m.source.licence_files if m.source else ():  # licence terms travel with every copy
+            shutil.copyfile(manifest_path.parent / name, d / "1" / name)
         if copy_models:
             shutil.copyfile(model_path, d / "1" / "model.onnx")  # gpu: the source of model.plan
         if target == "cpu":
