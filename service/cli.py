@@ -54,7 +54,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
             f"{args.path}: {result.decision.upper()} (score {score}; {', '.join(result.reasons)})\n"
             f"  {m.kind} {m.width}x{m.height}"
             + (f", {m.duration_s:.1f} s" if m.duration_s else "")
-            + f"; {result.frames_sampled} frames sampled, {result.faces_detected} face crops; "
+            + f"; {result.frames_sampled} frames sampled, {result.faces_detected} faces, "
+            f"{result.crops_scored} crops classified; "
             f"model {result.model.name} {result.model.version}; {result.timings_ms.total:.0f} ms"
         )
     return 0

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     crop_margin: float | None = Field(
         None, ge=0.0, le=1.0, description="Override of the model manifest's crop margin (fraction per side)."
     )
+    classify_crops: Literal["all", "detected"] = Field(
+        "all",
+        description="`all`: classify every face on every sampled frame; `detected`: only faces the detector "
+        "found on key frames (1 in detect_every crops; tracked faces take their track's nearest score).",
+    )
 
     # --- classifier and decision -------------------------------------------------------------------
     backend: Literal["onnxruntime", "triton"] = Field(

@@ -77,12 +77,35 @@ def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBacke
 
 @dataclass(frozen=True)
 class StageResult:
-    """Faces found on the sampled frames and their scores, per model and averaged over the ensemble."""
+    """Faces found on the sampled frames and their scores, per model and averaged over the ensemble.
+
+    `crop_frames` and the score arrays cover the classified crops only; `face_scores` and `face_scored` cover
+    every face of `faces` in order (a face that was not classified carries its track's nearest score).
+    """
 
     faces: list[list[TrackedFace]]
     crop_frames: list[int]
     scores_by_model: dict[str, npt.NDArray[np.float32]]
     mean_scores: npt.NDArray[np.float32]
+    face_scores: list[float]
+    face_scored: list[bool]
+
+
+def _fill_from_track(
+    flat: Sequence[TrackedFace], chosen: Sequence[int], scores: Sequence[float]
+) -> list[float]:
+    """A score for every face: its own if classified, else the nearest classified one of its track's."""
+    by_track: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for i, s in zip(chosen, scores, strict=True):
+        by_track[flat[i].track_id].append((flat[i].frame, s))
+    own = dict(zip(chosen, scores, strict=True))
+    out = []
+    for i, face in enumerate(flat):
+        if i in own:
+            out.append(own[i])
+        else:
+            out.append(min(by_track[face.track_id], key=lambda fs: abs(fs[0] - face.frame))[1])
+    return out
 
 
 def _ensemble_ref(models: Sequence[ModelManifest], ensemble: EnsembleManifest | None) -> ModelRef:
@@ -176,8 +199,17 @@ class Pipeline:
         return dets
 
     def classify(self, media: SampledMedia, faces: list[list[TrackedFace]]) -> StageResult:
-        """Crop every face as each model's manifest says and score the crops with the whole ensemble."""
-        flat = [face for frame in faces for face in frame]
+        """Crop the faces as each model's manifest says and score the crops with the whole ensemble.
+
+        `classify_crops="detected"` scores only faces the detector found (key frames), not the boxes tracking
+        placed in between: a fraction of the crops (1 in `detect_every`) for a stronger, costlier model.
+        """
+        every = [face for frame in faces for face in frame]
+        if self.settings.classify_crops == "detected":
+            chosen = [i for i, f in enumerate(every) if not f.tracked]
+        else:
+            chosen = list(range(len(every)))
+        flat = [every[i] for i in chosen]
         crop_frames = [face.frame for face in flat]
         groups: dict[tuple[int, float, str], list[ModelManifest]] = defaultdict(list)
         for m in self.models:
@@ -197,7 +229,15 @@ class Pipeline:
             scores = {name: np.empty(0, dtype=np.float32) for name in crops_by_model}
         ordered = {m.name: scores[m.name] for m in self.models}
         mean = np.mean(np.stack(list(ordered.values())), axis=0) if flat else np.empty(0, np.float32)
-        return StageResult(faces, crop_frames, ordered, mean.astype(np.float32))
+        chosen_set = set(chosen)
+        return StageResult(
+            faces,
+            crop_frames,
+            ordered,
+            mean.astype(np.float32),
+            _fill_from_track(every, chosen, [float(x) for x in mean]),
+            [i in chosen_set for i in range(len(every))],
+        )
 
     def verdict(self, media: SampledMedia, stage: StageResult) -> Verdict:
         score = aggregate(
@@ -256,9 +296,10 @@ class Pipeline:
                     FaceResult(
                         box=(round(x1 * s, 2), round(y1 * s, 2), round(x2 * s, 2), round(y2 * s, 2)),
                         detector_score=round(face.detector_score, 4),
-                        score=round(float(stage.mean_scores[k]), 6),
+                        score=round(stage.face_scores[k], 6),
                         track_id=face.track_id,
                         tracked=face.tracked,
+                        scored=stage.face_scored[k],
                     )
                 )
                 k += 1
@@ -269,6 +310,7 @@ class Pipeline:
             media=MediaInfo(sha256=sha, kind=h.kind, duration_s=h.duration_s, width=h.width, height=h.height),
             frames_sampled=len(media.frames),
             faces_detected=k,
+            crops_scored=len(stage.crop_frames),
             score=None if verdict.score is None else round(verdict.score, 6),
             decision=verdict.decision,
             reasons=verdict.reasons,

@@ -67,9 +67,16 @@ class FaceResult(_Out):
     detector_score: float = Field(
         description="Detector confidence (of the nearest detection for tracked faces)."
     )
-    score: float = Field(description="Probability that this face is manipulated (mean over the ensemble).")
+    score: float = Field(
+        description="Probability that this face is manipulated (mean over the ensemble); for a face that was "
+        "not classified itself (`scored` false) the score of the nearest classified face of its track."
+    )
     track_id: int = Field(description="Faces with the same track id are the same person across frames.")
     tracked: bool = Field(description="True when the box was interpolated by tracking, not detected here.")
+    scored: bool = Field(
+        True,
+        description="True when this crop was classified (DFG_CLASSIFY_CROPS=detected skips tracked ones).",
+    )
 
 
 class FrameResult(_Out):
@@ -94,7 +101,8 @@ class ScoreResult(_Out):
 
     media: MediaInfo
     frames_sampled: int
-    faces_detected: int = Field(description="Face crops scored (faces summed over sampled frames).")
+    faces_detected: int = Field(description="Faces found, summed over sampled frames (detected or tracked).")
+    crops_scored: int = Field(description="Face crops classified (all faces, or only the detected ones).")
     score: float | None = Field(description="Video-level manipulation score in [0, 1]; null when no face.")
     decision: Decision
     reasons: list[str]

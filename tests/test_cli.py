@@ -34,10 +34,13 @@ def test_score_json_document(face_clip: Path) -> None:
         "media",
         "frames_sampled",
         "faces_detected",
+        "crops_scored",
         "score",
         "decision",
         "reasons",
         "model",
+        "thresholds",
+        "aggregation",
         "timings_ms",
         "frames",
     }

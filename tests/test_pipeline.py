@@ -93,3 +93,24 @@ def test_pipeline_keeps_serving_after_bad_media(pipeline: Pipeline, media_dir: P
     with pytest.raises(CorruptMedia):
         pipeline.score_file(bad)
     assert pipeline.score_file(face_clip).faces_detected == 32
+
+
+def test_classifying_detected_crops_only(pipeline: Pipeline, face_clip: Path) -> None:
+    """`classify_crops=detected` scores the key-frame crops only; every face still gets its track's score."""
+    from service.config import Settings
+
+    full = pipeline.score_file(face_clip)
+    settings = Settings(classify_crops="detected", decode_isolation="inline")
+    sparse = Pipeline(settings, pipeline.detector, pipeline.backend).score_file(face_clip)
+    faces = [f for fr in sparse.frames for f in fr.faces]
+    detected = [f for f in faces if not f.tracked]
+    assert full.crops_scored == full.faces_detected == 32
+    assert sparse.faces_detected == 32 and sparse.crops_scored == len(detected) < 32
+    assert all(f.scored == (not f.tracked) for f in faces)
+    own = {(fr.index, f.track_id): f.score for fr in full.frames for f in fr.faces}
+    for fr in sparse.frames:
+        for f in fr.faces:
+            if f.scored:  # the same crop as in the full run: the same score
+                assert f.score == pytest.approx(own[(fr.index, f.track_id)], abs=1e-5)
+            else:  # a tracked face shows one of its track's classified scores
+                assert f.score in {d.score for d in detected if d.track_id == f.track_id}
