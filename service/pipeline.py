@@ -1,7 +1,7 @@
 """The scoring path every entry point shares: media -> sampled frames -> faces -> crop scores -> verdict.
 
 Each stage is a call with a typed value and is timed on its own; the CLI, the gateway and the worker are thin
-adapters over `Pipeline.score_file`.
+adapters over `Pipeline.score_file`. A pipeline is assembled in one place, `service.compose.build_pipeline`.
 """
 
 from __future__ import annotations
@@ -20,45 +20,17 @@ from service.decision import Thresholds, Verdict, aggregate, decide
 from service.faces import (
     Detection,
     FaceDetector,
-    RetinaFaceDetector,
     TrackedFace,
     crop_face,
     keyframe_positions,
     track_faces,
 )
-from service.inference import InferenceBackend, OnnxRuntimeBackend
-from service.media import PendingMedia, SampledMedia, file_sha256, isolation_from_settings, warm_up
-from service.models import DEFAULT_MANIFEST, ModelManifest
+from service.inference import InferenceBackend
+from service.media import PendingMedia, SampledMedia, file_sha256
+from service.models import ModelManifest
 from service.schemas import FaceResult, FrameResult, MediaInfo, ModelRef, ScoreResult, Timings
 
-__all__ = ["Pipeline", "StageResult", "build_backend", "build_detector"]
-
-
-def build_detector(s: Settings) -> FaceDetector:
-    return RetinaFaceDetector(
-        threads=s.inference_threads,
-        threshold=s.detector_threshold,
-        nms_iou=s.detector_nms_iou,
-        max_faces=s.max_faces_per_frame,
-    )
-
-
-def build_backend(s: Settings) -> InferenceBackend:
-    manifests = list(s.model_paths) or [DEFAULT_MANIFEST]
-    if s.backend == "triton":
-        from service.inference.triton import TritonBackend  # the gRPC client only where it is used
-
-        return TritonBackend(
-            manifests,
-            s.triton_url,
-            timeout_seconds=s.triton_timeout_seconds,
-            retries=s.triton_retries,
-            breaker_failures=s.triton_breaker_failures,
-            breaker_reset_seconds=s.triton_breaker_reset_seconds,
-            max_batch_size=s.max_batch_size,
-            shared_memory=s.triton_shared_memory,
-        )
-    return OnnxRuntimeBackend(manifests, threads=s.inference_threads, max_batch_size=s.max_batch_size)
+__all__ = ["Pipeline", "StageResult"]
 
 
 @dataclass(frozen=True)
@@ -89,11 +61,9 @@ class Pipeline:
         self.thresholds = self._thresholds()
         self.untrained = any(not m.trained for m in self.models)
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
-        if settings.decode_isolation == "process":
-            warm_up(isolation_from_settings(settings))  # the decoder host starts while the models load
-        return cls(settings, build_detector(settings), build_backend(settings))
+    def close(self) -> None:
+        """Release the backend (the micro-batcher's thread, a Triton client); no scoring after this."""
+        self.backend.close()
 
     def _thresholds(self) -> Thresholds:
         """Calibrated thresholds of the models (mean over the ensemble) win over the settings' defaults."""

@@ -40,5 +40,9 @@ def test_an_unreachable_store_is_a_503_not_a_crash(tmp_path: Path) -> None:
         (tmp_path / "decisions.sqlite3").mkdir()  # the database file is gone and cannot be recreated
         r = httpx.get(f"{base}/v1/decisions/x")
         health = httpx.get(f"{base}/healthz")
-    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+        ready = httpx.get(f"{base}/readyz")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    assert int(r.headers["retry-after"]) >= 1
     assert health.status_code == 200
+    assert ready.status_code == 503 and ready.json()["dependencies"] == {"backend": "up", "store": "down"}
+    assert "decision store" in ready.json()["detail"] and int(ready.headers["retry-after"]) >= 1

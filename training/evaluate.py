@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from service.compose import build_pipeline
 from service.config import Settings
-from service.pipeline import Pipeline, build_backend, build_detector
+from service.pipeline import Pipeline
 from training.metrics import Floats, accuracy_at, auc, bootstrap, log_loss
 
 __all__ = ["evaluate", "score_items"]
@@ -60,7 +61,7 @@ def evaluate(
     models: list[Path], root: Path, split: str, *, reps: int = 1000, threads: int = 1
 ) -> dict[str, Any]:
     settings = Settings(model_paths=models, decode_isolation="inline", inference_threads=threads)
-    pipeline = Pipeline(settings, build_detector(settings), build_backend(settings))
+    pipeline = build_pipeline(settings, batching=False)  # one caller: nothing to merge
     items = json.loads((root / "eval" / split / "index.json").read_text())
     scored = score_items(pipeline, root, items)
     th = pipeline.thresholds
