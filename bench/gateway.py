@@ -23,8 +23,8 @@ import httpx
 
 from bench.common import percentile, platform_info
 from loadtest.generator import ServerProcess
+from service.compose import build_pipeline
 from service.config import Settings
-from service.pipeline import Pipeline
 
 
 def _drive(url: str, video: Path, clients: int, total: int) -> tuple[list[float], Counter[int], float]:
@@ -58,7 +58,7 @@ def _drive(url: str, video: Path, clients: int, total: int) -> tuple[list[float]
 
 
 def run(video: Path, clients: int, requests: int, overload_clients: int) -> dict[str, Any]:
-    pipeline = Pipeline.from_settings(Settings())
+    pipeline = build_pipeline(Settings(), batching=False)  # the bare pipeline, one caller
     for _ in range(2):
         pipeline.score_file(video)
     base = []

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, platform_info, summary
+from service.compose import build_pipeline
 from service.config import Settings
 from service.media import MediaLimits, PendingMedia, decode_media
-from service.pipeline import Pipeline
 
 
 def _rss_mb(who: int) -> float:
@@ -33,7 +33,7 @@ def _rss_mb(who: int) -> float:
 def run(video: Path, runs: int, warmup: int, cli_runs: int) -> dict[str, Any]:
     settings = Settings()
     limits = MediaLimits.from_settings(settings)
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = build_pipeline(settings, batching=False)
     for _ in range(warmup):
         decode_media(video, limits)
         pipeline.score_file(video)

@@ -43,6 +43,7 @@ from devtools.kafka_tools import (
     read_topic,
     upload_event,
 )
+from service.compose import build_pipeline
 from service.config import Settings
 from service.decision import Thresholds
 from service.pipeline import Pipeline
@@ -222,7 +223,7 @@ def burst(broker: KafkaBroker, pipeline: Pipeline, workdir: Path, n: int) -> dic
 
 
 def run(video: Path, events: int = 16, repeats: int = 3, burst_events: int = 1000) -> dict[str, Any]:
-    pipeline = Pipeline.from_settings(Settings())
+    pipeline = build_pipeline(Settings())  # as `dfguard worker` builds it
     pipeline.thresholds = Thresholds(review=1.0, flag=1.0)  # nothing is flagged: no near-duplicate shortcut
     with KafkaBroker() as broker, tempfile.TemporaryDirectory(prefix="dfguard-bench-worker-") as tmp:
         workdir = Path(tmp)

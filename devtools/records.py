@@ -37,7 +37,7 @@ def new_decision(
     return NewDecision(
         tenant=tenant,
         origin=origin,  # type: ignore[arg-type]
-        thresholds=UsedThresholds(review=0.5, flag=0.8),
+        thresholds=UsedThresholds(review=0.5, flag=0.8, source="default"),
         aggregation="confident",
         sha256=sha,
         flag=flag,

@@ -148,6 +148,21 @@ class Settings(BaseSettings):
     callback_secret: str = Field(
         "", description="HMAC-SHA256 key that signs callback bodies (X-Dfguard-Signature); empty: unsigned."
     )
+    upload_dir: Path | None = Field(
+        None, description="Where uploads and fetched media wait for scoring (default: the system temp dir)."
+    )
+    max_form_parts: int = Field(
+        16, ge=1, description="Parts of a multipart body (the `file` and form fields); beyond: 400."
+    )
+    max_http_in_flight: int = Field(
+        0,
+        ge=0,
+        description="HTTP requests handled at once, probes and /metrics excepted (beyond: 429 with "
+        "Retry-After); 0: workers + max_queue + 64.",
+    )
+    unavailable_retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After of 503 answers (inference backend or decision store down)."
+    )
     callback_max_attempts: int = Field(5, ge=1)
     callback_timeout_seconds: float = Field(10.0, gt=0)
 
@@ -199,6 +214,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the decision store: SQLite (embedded default) or "
         "postgresql+psycopg://user:password@host/db.",
     )
+    database_migrate_on_start: bool = Field(
+        True,
+        description="Upgrade the store's schema to the newest migration when a gateway or worker starts; "
+        "false: only check it is current (operators run `dfguard db upgrade`).",
+    )
     dedup_exact: bool = Field(True, description="Reuse the verdict of byte-identical media (sha256).")
     near_duplicate_max_distance: int = Field(
         10, ge=0, le=64, description="Perceptual-hash bits (of 64) two frames may differ by and still match."
@@ -212,6 +232,11 @@ class Settings(BaseSettings):
     def worker_event_budget_seconds(self) -> float:
         """Worst-case time of one attempt at one event: fetch, isolated decode, then scoring."""
         return self.fetch_timeout_seconds + self.decode_timeout_seconds + self.request_timeout_seconds
+
+    @property
+    def http_in_flight_limit(self) -> int:
+        """`max_http_in_flight`, or room for every admitted scoring request plus light requests."""
+        return self.max_http_in_flight or self.workers + self.max_queue + 64
 
     @property
     def kafka_max_poll_interval_ms(self) -> int:

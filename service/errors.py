@@ -21,7 +21,8 @@
     │   └── NotFound              not_found            404
     ├── FetchFailed               fetch_failed         422   (URL not fetchable: refused, 4xx/5xx, DNS)
     ├── OverCapacity              over_capacity        429   (retryable; Retry-After)
-    ├── BackendUnavailable        backend_unavailable  503   (retryable)
+    ├── BackendUnavailable        backend_unavailable  503   (retryable; Retry-After)
+    ├── StoreUnavailable          store_unavailable    503   (retryable; Retry-After: the decision store)
     ├── DeadlineExceeded          deadline_exceeded    504   (retryable)
     └── InternalError             internal_error       500
 
@@ -53,6 +54,7 @@ __all__ = [
     "OverCapacity",
     "RequestError",
     "ResolutionTooHigh",
+    "StoreUnavailable",
     "Unauthorized",
     "UnsupportedContentType",
     "UnsupportedMedia",
@@ -184,6 +186,14 @@ class BackendUnavailable(ModerationError):
     retryable = True
 
 
+class StoreUnavailable(ModerationError):
+    """The decision store cannot be reached (or its schema is not current); the request may be retried."""
+
+    code = "store_unavailable"
+    http_status = 503
+    retryable = True
+
+
 class DeadlineExceeded(ModerationError):
     code = "deadline_exceeded"
     http_status = 504
@@ -217,6 +227,7 @@ _BY_CODE: dict[str, type[ModerationError]] = {
         FetchFailed,
         OverCapacity,
         BackendUnavailable,
+        StoreUnavailable,
         DeadlineExceeded,
         InternalError,
     )

@@ -30,3 +30,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every start ("Context impl ..."); the store logs one line when a migration ran.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_SIZE",
+    "CLIENT_DISCONNECTS",
     "CONSUMER_LAG",
     "DECISIONS",
     "DEDUP_HITS",
@@ -65,6 +66,11 @@ QUEUE_DEPTH = Gauge("dfguard_queue_depth", "Scoring requests admitted and waitin
 IN_FLIGHT = Gauge("dfguard_in_flight_requests", "Scoring requests being processed by a worker.")
 DECISIONS = Counter("dfguard_decisions_total", "Verdicts by outcome.", ["decision"])
 ERRORS = Counter("dfguard_errors_total", "Errors reported to callers, by error code.", ["code"])
+CLIENT_DISCONNECTS = Counter(
+    "dfguard_client_disconnects_total",
+    "Requests whose client went away before the body was read (answered 499, not an error).",
+    ["route"],
+)
 # --- Kafka worker (served on its own port, DFG_WORKER_METRICS_PORT; in-process with `serve --with-worker`) --
 EVENTS_CONSUMED = Counter("dfguard_worker_events_consumed_total", "Upload events read from Kafka.", ["topic"])
 EVENTS_PRODUCED = Counter(

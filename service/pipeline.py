@@ -1,7 +1,7 @@
 """The scoring path every entry point shares: media -> sampled frames -> faces -> crop scores -> verdict.
 
 Each stage is a call with a typed value and is timed on its own; the CLI, the gateway and the worker are thin
-adapters over `Pipeline.score_file`.
+adapters over `Pipeline.score_file`. A pipeline is assembled in one place, `service.compose.build_pipeline`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from service.decision import Policy, Verdict, aggregate, choose_policy, decide
 from service.faces import (
     Detection,
     FaceDetector,
-    RetinaFaceDetector,
     TrackedFace,
     crop_face,
     keyframe_positions,
     track_faces,
 )
-from service.inference import InferenceBackend, OnnxRuntimeBackend
-from service.media import PendingMedia, SampledMedia, file_sha256, isolation_from_settings, warm_up
-from service.models import DEFAULT_MANIFEST, EnsembleManifest, ModelManifest, ModelSet, resolve_models
+from service.inference import InferenceBackend
+from service.media import PendingMedia, SampledMedia, file_sha256
+from service.models import EnsembleManifest, ModelManifest
 from service.schemas import (
     FaceResult,
     FrameResult,
@@ -39,40 +38,7 @@ from service.schemas import (
     UsedThresholds,
 )
 
-__all__ = ["Pipeline", "StageResult", "build_backend", "build_detector", "choose_models"]
-
-
-def build_detector(s: Settings) -> FaceDetector:
-    return RetinaFaceDetector(
-        threads=s.inference_threads,
-        threshold=s.detector_threshold,
-        nms_iou=s.detector_nms_iou,
-        max_faces=s.max_faces_per_frame,
-    )
-
-
-def choose_models(s: Settings) -> ModelSet:
-    """The served models: `DFG_MODEL_PATHS` (one ensemble manifest, or model manifests), else the bundled
-    default ensemble."""
-    return resolve_models(list(s.model_paths) or [DEFAULT_MANIFEST])
-
-
-def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBackend:
-    manifests = (models or choose_models(s)).member_paths
-    if s.backend == "triton":
-        from service.inference.triton import TritonBackend  # the gRPC client only where it is used
-
-        return TritonBackend(
-            manifests,
-            s.triton_url,
-            timeout_seconds=s.triton_timeout_seconds,
-            retries=s.triton_retries,
-            breaker_failures=s.triton_breaker_failures,
-            breaker_reset_seconds=s.triton_breaker_reset_seconds,
-            max_batch_size=s.max_batch_size,
-            shared_memory=s.triton_shared_memory,
-        )
-    return OnnxRuntimeBackend(manifests, threads=s.inference_threads, max_batch_size=s.max_batch_size)
+__all__ = ["Pipeline", "StageResult"]
 
 
 @dataclass(frozen=True)
@@ -136,12 +102,9 @@ class Pipeline:
         self.thresholds = self.policy.thresholds
         self.untrained = any(not m.trained for m in self.models)
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
-        if settings.decode_isolation == "process":
-            warm_up(isolation_from_settings(settings))  # the decoder host starts while the models load
-        models = choose_models(settings)
-        return cls(settings, build_detector(settings), build_backend(settings, models), models.ensemble)
+    def close(self) -> None:
+        """Release the backend (the micro-batcher's thread, a Triton client); no scoring after this."""
+        self.backend.close()
 
     def _policy(self) -> Policy:
         """Thresholds and aggregation: explicit settings, else the ensemble manifest's, else a lone model's

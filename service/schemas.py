@@ -162,6 +162,9 @@ class JobStatus(_Out):
 class Health(_Out):
     status: Literal["ok", "unavailable"]
     detail: str = ""
+    dependencies: dict[str, Literal["up", "down"]] = Field(
+        default_factory=dict, description="Readiness: each dependency (`backend`, `store`) up or down."
+    )
 
 
 # --- stored decisions (worker writes, gateway reads) --------------------------------------------------------

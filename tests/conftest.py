@@ -10,6 +10,7 @@ import pytest
 from devtools import media_factory as mf
 from devtools.kafka_broker import KafkaBroker
 from devtools.postgres_server import PostgresServer
+from service.compose import build_pipeline
 from service.config import Settings
 from service.pipeline import Pipeline
 
@@ -32,7 +33,7 @@ def face_free_clip(media_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline() -> Pipeline:
-    return Pipeline.from_settings(Settings())
+    return build_pipeline(Settings())  # as the gateway and the worker build it: micro-batched
 
 
 @pytest.fixture(scope="session")

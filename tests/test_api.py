@@ -52,8 +52,9 @@ def _error(resp: httpx.Response) -> str:
 
 
 def test_health_ready_docs(api: str) -> None:
-    assert httpx.get(f"{api}/healthz").json() == {"status": "ok", "detail": ""}
-    assert httpx.get(f"{api}/readyz").status_code == 200
+    assert httpx.get(f"{api}/healthz").json() == {"status": "ok", "detail": "", "dependencies": {}}
+    ready = httpx.get(f"{api}/readyz")
+    assert ready.status_code == 200 and ready.json()["dependencies"] == {"backend": "up", "store": "up"}
     assert httpx.get(f"{api}/docs").status_code == 200
     spec = httpx.get(f"{api}/openapi.json").json()
     assert {"/v1/score", "/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(
@@ -316,8 +317,10 @@ def test_backend_gone_is_503(face_clip: Path) -> None:
         app.state.pipeline.backend.close()  # the inference backend stops serving
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+        assert ready.json()["dependencies"]["backend"] == "down" and int(ready.headers["retry-after"]) >= 1
         resp = _upload(url, face_clip)
         assert resp.status_code == 503 and _error(resp) == "backend_unavailable"
+        assert int(resp.headers["retry-after"]) >= 1
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 

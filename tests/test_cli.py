@@ -130,3 +130,24 @@ def test_invalid_settings_are_an_internal_error_not_a_traceback(face_clip: Path)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["error"]["code"] == "internal_error"
     assert "Traceback" not in proc.stderr
+
+
+def test_db_upgrade_and_current(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from service.store.tables import Base
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    proc = _run("db", "current", "--url", fresh)
+    assert proc.returncode == 3 and "no revision (head is 0001)" in proc.stdout, proc
+    proc = _run("db", "upgrade", "--url", fresh)
+    assert proc.returncode == 0 and proc.stdout.endswith("empty -> 0001 (head)\n"), proc
+    proc = _run("db", "current", "--url", fresh)
+    assert proc.returncode == 0 and proc.stdout.endswith(": 0001 (head)\n"), proc
+    legacy = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
+    Base.metadata.create_all(create_engine(legacy))  # made before migrations existed
+    proc = _run("db", "upgrade", "--url", legacy)
+    assert proc.returncode == 0 and "adopted as 0001" in proc.stdout, proc
+    proc = _run("db", "upgrade", env={"DFG_DATABASE_URL": "postgresql+psycopg://u:pw@127.0.0.1:1/db"})
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    assert "store_unavailable" in proc.stderr and "u:***@" in proc.stderr and "Traceback" not in proc.stderr

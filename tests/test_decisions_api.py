@@ -25,7 +25,11 @@ def test_decisions_are_read_per_tenant(tmp_path: Path) -> None:
         anonymous = httpx.get(f"{base}/v1/decisions/vid-9")
     assert acme.status_code == 200 and acme.json()["decision"] == "flag"
     body = acme.json()
-    assert body["origin"] == "scored" and body["thresholds"] == {"review": 0.5, "flag": 0.8}
+    assert body["origin"] == "scored" and body["thresholds"] == {
+        "review": 0.5,
+        "flag": 0.8,
+        "source": "default",
+    }
     assert body["source_event_id"] == "ev-1" and body["model"] == {"name": "m", "version": "1"}
     assert globex.status_code == 200 and globex.json()["decision"] == "allow", "read-only keys may read"
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -40,5 +44,9 @@ def test_an_unreachable_store_is_a_503_not_a_crash(tmp_path: Path) -> None:
         (tmp_path / "decisions.sqlite3").mkdir()  # the database file is gone and cannot be recreated
         r = httpx.get(f"{base}/v1/decisions/x")
         health = httpx.get(f"{base}/healthz")
-    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+        ready = httpx.get(f"{base}/readyz")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    assert int(r.headers["retry-after"]) >= 1
     assert health.status_code == 200
+    assert ready.status_code == 503 and ready.json()["dependencies"] == {"backend": "up", "store": "down"}
+    assert "decision store" in ready.json()["detail"] and int(ready.headers["retry-after"]) >= 1

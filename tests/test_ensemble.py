@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.compose import build_pipeline
 from service.config import Settings
 from service.decision import choose_policy
 from service.models import UNTRAINED_MANIFEST, EnsembleManifest, resolve_models
-from service.pipeline import Pipeline, build_backend, build_detector, choose_models
+from service.pipeline import Pipeline
 
 
 def _member(tmp: Path, name: str, thresholds: dict[str, float] | None = None) -> Path:
@@ -78,8 +79,7 @@ def test_ensemble_resolves_members_relative_to_itself(tmp_path: Path) -> None:
 
 
 def _pipeline(settings: Settings) -> Pipeline:
-    models = choose_models(settings)
-    return Pipeline(settings, build_detector(settings), build_backend(settings, models), models.ensemble)
+    return build_pipeline(settings, batching=False)
 
 
 def test_pipeline_records_the_thresholds_it_applied(tmp_path: Path, face_clip: Path) -> None:

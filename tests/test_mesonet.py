@@ -77,12 +77,12 @@ def _aligned_manifest(tmp: Path) -> Path:
 
 
 def test_classify_cuts_aligned_crops_from_tracked_landmarks(tmp_path: Path, face_clip: Path) -> None:
+    from service.compose import build_pipeline
     from service.config import Settings
     from service.media import load_media
-    from service.pipeline import Pipeline, build_backend, build_detector
 
     s = Settings(model_paths=[_aligned_manifest(tmp_path)], decode_isolation="inline", detect_every=4)
-    pipeline = Pipeline(s, build_detector(s), build_backend(s))
+    pipeline = build_pipeline(s, batching=False)
     media = load_media(face_clip, s)
     faces = pipeline.detect(media)
     flat = [f for frame in faces for f in frame]

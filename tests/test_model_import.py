@@ -237,14 +237,14 @@ def test_a_checkpoint_of_another_layout_is_refused(tmp_path: Path) -> None:
 def test_pipeline_serves_an_ensemble_with_an_imported_model(
     imported_b7: tuple[Path, np.ndarray], face_clip: Path
 ) -> None:
+    from service.compose import build_pipeline
     from service.config import Settings
     from service.models import DEFAULT_MANIFEST
-    from service.pipeline import Pipeline, build_backend, build_detector
 
     s = Settings(
         model_paths=[DEFAULT_MANIFEST, imported_b7[0]], frames_per_video=2, decode_isolation="inline"
     )
-    pipeline = Pipeline(s, build_detector(s), build_backend(s))
+    pipeline = build_pipeline(s)
     r = pipeline.score_file(face_clip)
     names = [m.name for m in pipeline.models]
     assert r.model.name == "+".join(names) and len(names) == 2

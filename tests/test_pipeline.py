@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from devtools import media_factory as mf
+from service.compose import build_pipeline
 from service.errors import CorruptMedia
 from service.faces import iou
 from service.pipeline import Pipeline
@@ -65,7 +66,7 @@ def test_large_frames_are_scored_at_working_size_boxes_in_full_size(media_dir: P
     from service.config import Settings
 
     settings = Settings(max_working_side=640, frames_per_video=4)
-    p = Pipeline.from_settings(settings)
+    p = build_pipeline(settings)
     path = mf.make_face_clip(media_dir / "1080.mp4", seconds=0.5, width=1920, height=1080)
     r = p.score_file(path)
     assert (r.media.width, r.media.height) == (1920, 1080)

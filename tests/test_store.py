@@ -46,7 +46,8 @@ def test_put_is_idempotent_and_the_first_decision_wins(store: DecisionStore) -> 
     assert store.get("acme", "v1") == first
     assert store.get("globex", "v1") is None, "tenant-scoped"
     audit = first.record
-    assert audit.thresholds == UsedThresholds(review=0.5, flag=0.8) and audit.aggregation == "confident"
+    assert audit.thresholds == UsedThresholds(review=0.5, flag=0.8, source="default")
+    assert audit.aggregation == "confident"
     assert audit.model == ModelRef(name="m", version="1") and audit.timings_ms["total"] == 5.0
 
 

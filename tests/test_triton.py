@@ -17,12 +17,13 @@ import pytest
 
 from devtools.servers import gateway
 from devtools.triton_server import TritonServer
+from service.compose import build_detector, build_pipeline
 from service.config import Settings
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
 from service.inference.triton import TritonBackend
-from service.models import UNTRAINED_MANIFEST
-from service.pipeline import Pipeline, build_detector
+from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST
+from service.pipeline import Pipeline
 from service.triton.repo import RepoOptions, build_repo
 
 pytestmark = pytest.mark.triton
@@ -57,6 +58,72 @@ def _stats(server: TritonServer, model: str) -> tuple[int, int]:
     return int(s["inference_count"]), int(s["execution_count"])
 
 
+def _requests(server: TritonServer, model: str) -> tuple[int, int]:
+    """(successful requests, crops inferred) of one model since the server started."""
+    with urllib.request.urlopen(f"{server.http_url}/v2/models/{model}/stats", timeout=5) as r:
+        s = json.load(r)["model_stats"][0]
+    return int(s["inference_stats"]["success"]["count"]), int(s["inference_count"])
+
+
+@pytest.fixture(scope="module")
+def pair_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A two-member ensemble (224 px and 128 px inputs), so a split call would show as per-member requests."""
+    repo = build_repo(
+        [UNTRAINED_MANIFEST, DEFAULT_MANIFEST],
+        tmp_path_factory.mktemp("pair"),
+        "cpu",
+        RepoOptions(max_batch_size=64, max_queue_delay_microseconds=0, cpu_threads=1),
+    )
+    with TritonServer(repo) as s:
+        yield s
+
+
+def test_micro_batched_ensemble_calls_are_one_triton_request(pair_server: TritonServer) -> None:
+    """The pipeline the gateway and the worker build: concurrent videos' ensemble calls become one request."""
+    settings = Settings(
+        model_paths=[UNTRAINED_MANIFEST, DEFAULT_MANIFEST],
+        backend="triton",
+        triton_url=pair_server.grpc_url,
+        triton_timeout_seconds=30,
+        max_batch_size=12,  # full at 4 x 3 crops: the batch runs then, however slowly the threads arrive
+        batch_max_wait_ms=10_000,
+    )
+    pipeline = build_pipeline(settings)
+    rng = np.random.default_rng(3)
+    calls = [
+        {
+            m.name: rng.integers(0, 256, (3, m.input_size, m.input_size, 3), dtype=np.uint8)
+            for m in pipeline.models
+        }
+        for _ in range(4)
+    ]
+    names = ["ensemble", *(m.name for m in pipeline.models)]
+    before = {n: _requests(pair_server, n) for n in names}
+    barrier = threading.Barrier(len(calls))
+    results: list[dict[str, np.ndarray]] = []
+
+    def call(crops: dict[str, np.ndarray]) -> None:
+        barrier.wait()
+        results.append(pipeline.backend.predict_many(crops))
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    deadline = time.monotonic() + 10  # Triton updates an ensemble's statistics just after it answers
+    while True:
+        after = {n: _requests(pair_server, n) for n in names}
+        delta = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in names}
+        if delta["ensemble"][1] >= 12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    # One request to the ensemble with all 12 crops; each member ran once, inside it (no direct member calls).
+    assert delta == {n: (1, 12) for n in names}, delta
+    assert len(results) == 4 and all(len(r[m.name]) == 3 for r in results for m in pipeline.models)
+    pipeline.close()
+
+
 def test_ensemble_and_member_equal_embedded(server: TritonServer, embedded: OnnxRuntimeBackend) -> None:
     backend = _backend(server)
     assert backend.ready()
@@ -71,7 +138,7 @@ def test_ensemble_and_member_equal_embedded(server: TritonServer, embedded: Onnx
 
 def test_pipeline_verdicts_identical_through_triton(server: TritonServer, face_clip: Path) -> None:
     settings = Settings(model_paths=[UNTRAINED_MANIFEST])  # the model the test's Triton serves
-    embedded = Pipeline.from_settings(settings)
+    embedded = build_pipeline(settings, batching=False)
     backend = _backend(server)
     remote = Pipeline(settings, build_detector(settings), backend)
     a, b = embedded.score_file(face_clip), remote.score_file(face_clip)

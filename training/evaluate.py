@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from service.compose import build_pipeline
 from service.config import Settings
-from service.pipeline import Pipeline, build_backend, build_detector, choose_models
+from service.pipeline import Pipeline
 from training.metrics import Floats, accuracy_at, auc, bootstrap, clopper_pearson, log_loss
 
 __all__ = ["evaluate", "score_items"]
@@ -91,8 +92,7 @@ def _figures(
 def build_eval_pipeline(models: list[Path], threads: int = 1, **overrides: Any) -> Pipeline:
     """The served pipeline for `models` (one ensemble manifest, or model manifests), decoding inline."""
     settings = Settings(model_paths=models, decode_isolation="inline", inference_threads=threads, **overrides)
-    chosen = choose_models(settings)
-    return Pipeline(settings, build_detector(settings), build_backend(settings, chosen), chosen.ensemble)
+    return build_pipeline(settings, batching=False)  # one caller: nothing to merge
 
 
 def evaluate(

@@ -1,8 +1,13 @@
-"""The FastAPI gateway: composition root, error mapping and request metrics.
+"""The FastAPI gateway: lifespan (pipeline, store), error mapping; `edge.py` meters and tags every answer.
 
 Every error leaves as `{"error": {"code", "message"}}` with the status of its `ModerationError` class
 (one table, `service/errors.py`); validation problems are 400 `invalid_request`, unknown routes 404
-`not_found`, anything unexpected 500 `internal_error` without a traceback.
+`not_found` (405 with `Allow`), 503s carry `Retry-After`, a client that leaves mid-request is counted (499,
+`dfguard_client_disconnects_total`), not an error, and anything unexpected is a 500 `internal_error` without a
+traceback in the body.
+
+The gateway starts whatever its dependencies do: with the decision store or the inference backend down it
+logs so, `/readyz` names what is down (503), and the requests that need it answer 503 until it is back.
 """
 
 from __future__ import annotations
@@ -10,27 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp
 
 from service import __version__, metrics
+from service.api.edge import CLIENT_CLOSED_REQUEST, Edge, error_response
 from service.api.jobs import JobStore
 from service.api.routes import decisions, health, jobs, score
 from service.api.scoring import ScoringService
+from service.compose import build_pipeline
 from service.config import Settings
 from service.errors import ModerationError, OverCapacity
-from service.inference.batcher import MicroBatchingBackend
-from service.media import isolation_from_settings, warm_up
-from service.pipeline import Pipeline, build_backend, build_detector
+from service.pipeline import Pipeline
 from service.sources import FetchPolicy
-from service.store import DecisionStore
+from service.store import DecisionStore, brief_error
 
 __all__ = ["create_app"]
 
@@ -39,19 +45,10 @@ log = logging.getLogger("dfguard.api")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request", 413: "media_too_large"}
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    metrics.ERRORS.labels(code=code).inc()
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def build_pipeline(settings: Settings) -> Pipeline:
-    """The gateway's pipeline: the configured backend behind the cross-request micro-batcher."""
-    if settings.decode_isolation == "process":
-        warm_up(isolation_from_settings(settings))
-    backend = MicroBatchingBackend(
-        build_backend(settings), max_batch=settings.max_batch_size, max_wait_ms=settings.batch_max_wait_ms
-    )
-    return Pipeline(settings, build_detector(settings), backend)
+class _Gateway(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        """Starlette's stack (its ServerErrorMiddleware outermost) inside `Edge`, so nothing bypasses it."""
+        return Edge(super().build_middleware_stack(), self.state.settings.http_in_flight_limit)
 
 
 def create_app(
@@ -66,14 +63,23 @@ def create_app(
         p = pipeline if pipeline is not None else await asyncio.to_thread(build_pipeline, settings)
         app.state.pipeline = p
         app.state.scoring = ScoringService(settings, p)
-        app.state.store = await asyncio.to_thread(DecisionStore, settings.database_url)
+        # Lazy: the database is touched on first use, so the gateway starts (and serves scoring) while the
+        # store is down; the schema is migrated (or checked) when it first answers.
+        store = DecisionStore(settings.database_url, migrate=settings.database_migrate_on_start, lazy=True)
+        app.state.store = store
+        try:
+            await asyncio.to_thread(store.ensure_schema)
+        except SQLAlchemyError as exc:
+            log.warning("decision store unavailable at start-up", extra={"error": brief_error(exc)})
+        if not await asyncio.to_thread(p.backend.ready):
+            log.warning("inference backend not ready at start-up", extra={"backend": p.backend.name})
         for m in p.models:
             metrics.MODEL_INFO.labels(name=m.name, version=m.version).set(1)
         worker_thread = None
         if with_worker:
             from service.worker import build_worker  # Kafka only where it is used
 
-            worker = build_worker(settings, p, app.state.store)
+            worker = build_worker(settings, p, store)
             worker_thread = threading.Thread(target=worker.run, name="dfguard-worker", daemon=True)
             worker_thread.start()
         log.info("ready", extra={"model": p.model_ref.name, "version": p.model_ref.version})
@@ -86,11 +92,11 @@ def create_app(
             for task in list(app.state.tasks):
                 task.cancel()
             app.state.scoring.close()
-            app.state.store.close()
-            if pipeline is None and isinstance(p.backend, MicroBatchingBackend):
-                p.backend.close()
+            store.close()
+            if pipeline is None:
+                p.close()
 
-    app = FastAPI(
+    app = _Gateway(
         title="dfguard",
         version=__version__,
         summary="Deepfake moderation: score videos and images for face manipulation.",
@@ -110,35 +116,34 @@ def create_app(
         headers = None
         if isinstance(exc, OverCapacity):
             headers = {"retry-after": str(request.app.state.scoring.retry_after_seconds())}
-        return _error(exc.http_status, exc.code, exc.message, headers)
+        elif exc.http_status == 503:
+            headers = {"retry-after": str(settings.unavailable_retry_after_seconds)}
+        return error_response(exc.http_status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(400, "invalid_request", f"invalid request at {where}: {first.get('msg', 'invalid')}")
+        message = f"invalid request at {where}: {first.get('msg', 'invalid')}"
+        return error_response(400, "invalid_request", message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)  # 405 keeps its Allow
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left before its body was read (the upload's temp file is already removed): nothing to
+        # answer and nothing wrong with the service, so no error code and no traceback.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.CLIENT_DISCONNECTS.labels(route=route).inc()
+        log.info("client disconnected", extra={"route": route, "request_id": request.state.request_id})
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "internal error")
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        labels = {"route": path, "method": request.method, "code": str(response.status_code)}
-        metrics.REQUESTS.labels(**labels).inc()
-        metrics.REQUEST_DURATION.labels(**labels).observe(time.perf_counter() - started)
-        response.headers["x-request-id"] = request_id
-        return response
+        log.error("unhandled error", exc_info=exc, extra={"request_id": request.state.request_id})
+        return error_response(500, "internal_error", "internal error")
 
     return app

@@ -44,13 +44,19 @@ async def _json_body(request: Request) -> bytes:
 M = TypeVar("M", bound=BaseModel)
 
 
+def _spool(settings: Settings) -> str | None:
+    return str(settings.upload_dir) if settings.upload_dir is not None else None
+
+
 async def read_media(
     request: Request, settings: Settings, policy: FetchPolicy, model: type[M]
 ) -> tuple[Intake, M | None]:
     """Media of a multipart upload (`file` part) or of a JSON body `{"url": ...}` parsed as `model`."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        upload = await receive_upload(request, settings.max_media_bytes)
+        upload = await receive_upload(
+            request, settings.max_media_bytes, _spool(settings), max_parts=settings.max_form_parts
+        )
         return Intake(upload.path, upload.fields), None
     if ctype == "application/json":
         raw = await _json_body(request)
@@ -61,7 +67,7 @@ async def read_media(
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise InvalidRequest(f"invalid JSON body at {where}: {first.get('msg')}") from None
         url = str(body.model_dump()["url"])  # every intake model has a url
-        fd, name = tempfile.mkstemp(prefix="dfguard-fetch-")
+        fd, name = tempfile.mkstemp(prefix="dfguard-fetch-", dir=_spool(settings))
         os.close(fd)
         intake = Intake(Path(name))
         try:

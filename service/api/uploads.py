@@ -3,6 +3,11 @@
 Nothing is buffered whole in memory: the body is parsed chunk by chunk (python-multipart) and the `file` part
 goes straight to disk; the request is refused with 413 as soon as the declared Content-Length or the bytes
 received pass the limit, so an oversized upload costs at most the limit in disk and one chunk in memory.
+
+Every fault of the body is the client's, a 400 `invalid_request`: whatever python-multipart rejects (boundary,
+part headers, their size), more than `max_parts` parts, and a body that ends before its closing boundary (a
+truncated upload must not be scored as if it were the whole file). A client that goes away mid-upload raises
+Starlette's `ClientDisconnect`; the temp file is removed on every way out.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -38,9 +44,12 @@ class Upload:
 
 
 class _State:
-    def __init__(self, dest: IO[bytes], max_bytes: int) -> None:
+    def __init__(self, dest: IO[bytes], max_bytes: int, max_parts: int) -> None:
         self.dest = dest
         self.max_bytes = max_bytes
+        self.max_parts = max_parts
+        self.parts = 0
+        self.ended = False
         self.header_field = b""
         self.header_value = b""
         self.headers: dict[bytes, bytes] = {}
@@ -54,6 +63,9 @@ class _State:
         self.fields: dict[str, str] = {}
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_parts:
+            raise InvalidRequest(f"a multipart body may have at most {self.max_parts} parts")
         self.headers, self.value = {}, bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -94,8 +106,22 @@ class _State:
         if not self.is_file and self.name:
             self.fields[self.name] = self.value.decode("utf-8", "replace")
 
+    def on_end(self) -> None:
+        self.ended = True
 
-async def receive_upload(request: Request, max_bytes: int, tmp_dir: str | None = None) -> Upload:
+
+def _feed(write: Callable[[bytes], object], chunk: bytes) -> None:
+    try:
+        write(chunk)
+    except (MediaTooLarge, InvalidRequest):
+        raise
+    except Exception as exc:  # any parser complaint means a malformed body
+        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+
+
+async def receive_upload(
+    request: Request, max_bytes: int, tmp_dir: str | None = None, *, max_parts: int = 16
+) -> Upload:
     """Read a `multipart/form-data` body whose `file` part is the media; other parts become `fields`."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -113,7 +139,7 @@ async def receive_upload(request: Request, max_bytes: int, tmp_dir: str | None =
     upload = Upload(Path(name), 0, None)
     try:
         with os.fdopen(fd, "wb") as dest:
-            state = _State(dest, max_bytes)
+            state = _State(dest, max_bytes, max_parts)
             parser = MultipartParser(
                 boundary,
                 {
@@ -124,6 +150,7 @@ async def receive_upload(request: Request, max_bytes: int, tmp_dir: str | None =
                     "on_headers_finished": state.on_headers_finished,
                     "on_part_data": state.on_part_data,
                     "on_part_end": state.on_part_end,
+                    "on_end": state.on_end,
                 },
                 max_size=max_bytes + _OVERHEAD,
             )
@@ -132,13 +159,10 @@ async def receive_upload(request: Request, max_bytes: int, tmp_dir: str | None =
                 received += len(chunk)
                 if received > max_bytes + _OVERHEAD:
                     raise MediaTooLarge(f"the upload is over the limit of {max_bytes} bytes")
-                try:
-                    parser.write(chunk)
-                except (MediaTooLarge, InvalidRequest):
-                    raise
-                except Exception as exc:  # any parser complaint means a malformed body
-                    raise InvalidRequest(f"malformed multipart body: {exc}") from exc
-            parser.finalize()
+                _feed(parser.write, chunk)
+            _feed(lambda _: parser.finalize(), b"")
+        if not state.ended:
+            raise InvalidRequest("the multipart body ended before its closing boundary (truncated upload?)")
         if not state.file_seen:
             raise InvalidRequest("the multipart body has no `file` part")
         if state.size == 0:

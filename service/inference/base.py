@@ -40,3 +40,7 @@ class InferenceBackend(Protocol):
     def ready(self) -> bool:
         """Whether every model is loaded and can serve."""
         ...
+
+    def close(self) -> None:
+        """Release what the backend holds (sessions, connections, threads); it cannot serve after."""
+        ...

@@ -1,9 +1,12 @@
-"""Cross-request micro-batching: crops of concurrent requests share one backend call.
+"""Cross-request micro-batching: the ensemble calls of concurrent videos share one backend call.
 
-Pipelines running in worker threads call `predict`; one batching thread gathers the calls for the same model
-that arrive within `max_wait_ms` of the first (up to `max_batch` crops), runs the wrapped backend once, and
-hands each caller its slice. N concurrent requests thus cost fewer backend calls than N, which matters most
-for Triton and GPUs; a lone request waits at most `max_wait_ms`. A failing call fails only the requests in it.
+Pipelines running in worker threads call `predict_many` (crops for every model of the ensemble); one batching
+thread gathers the calls for the same set of models that arrive within `max_wait_ms` of the first (up to
+`max_batch` crops per model), concatenates each model's crops, runs the wrapped backend's `predict_many`
+**once** and hands each caller its slices. A whole call stays whole, so on Triton a batch is one request to
+the `ensemble` model rather than one per member, and N concurrent videos cost fewer backend calls than N,
+which matters most for Triton and GPUs; a lone call waits at most `max_wait_ms`. A failing call fails only
+the callers in it. `predict(model, crops)` is a one-model `predict_many`.
 """
 
 from __future__ import annotations
@@ -25,16 +28,23 @@ from service.models.manifest import ModelManifest
 
 __all__ = ["MicroBatchingBackend"]
 
+Scores = dict[str, npt.NDArray[np.float32]]
+
 
 @dataclass
 class _Call:
-    model: str
-    crops: npt.NDArray[np.uint8]
-    future: Future[npt.NDArray[np.float32]] = field(default_factory=Future)
+    crops: dict[str, npt.NDArray[np.uint8]]
+    key: tuple[str, ...] = ()  # the models asked for: only calls for the same models share a batch
+    size: int = 0  # crops of the largest model in the call
+    future: Future[Scores] = field(default_factory=Future)
+
+    def __post_init__(self) -> None:
+        self.key = tuple(sorted(self.crops))
+        self.size = max(len(c) for c in self.crops.values())
 
 
 class MicroBatchingBackend:
-    """An `InferenceBackend` that merges concurrent `predict` calls into batched calls of `inner`."""
+    """An `InferenceBackend` that merges concurrent `predict_many` calls into batched calls of `inner`."""
 
     def __init__(self, inner: InferenceBackend, *, max_batch: int = 64, max_wait_ms: float = 5.0) -> None:
         self.inner = inner
@@ -54,23 +64,23 @@ class MicroBatchingBackend:
         return self._thread.is_alive() and self.inner.ready()
 
     def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        if len(crops) == 0:
-            return np.empty(0, dtype=np.float32)
+        return self.predict_many({model: crops})[model]
+
+    def predict_many(self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]) -> Scores:
+        if not crops_by_model or all(len(c) == 0 for c in crops_by_model.values()):
+            return {name: np.empty(0, dtype=np.float32) for name in crops_by_model}
         if not self._thread.is_alive():
             raise BackendUnavailable("the micro-batcher is stopped")
-        call = _Call(model, crops)
+        call = _Call(dict(crops_by_model))
         self._queue.put(call)
         return call.future.result()
 
-    def predict_many(
-        self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]
-    ) -> dict[str, npt.NDArray[np.float32]]:
-        return {name: self.predict(name, crops) for name, crops in crops_by_model.items()}
-
     def close(self) -> None:
-        """Stop batching; calls already queued are still served, later ones get `BackendUnavailable`."""
+        """Stop batching (calls already queued are still served, later ones get `BackendUnavailable`), then
+        close the wrapped backend."""
         self._queue.put(None)
         self._thread.join(timeout=5)
+        self.inner.close()
 
     def _next(self, timeout: float | None) -> _Call | None:
         if self._held is not None:
@@ -86,7 +96,7 @@ class MicroBatchingBackend:
             if first is None:
                 return
             batch = [first]
-            size = len(first.crops)
+            size = first.size
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch:
                 try:
@@ -96,28 +106,35 @@ class MicroBatchingBackend:
                 if call is None:
                     self._queue.put(None)  # stop after this batch
                     break
-                if call.model != first.model or size + len(call.crops) > self.max_batch:
+                if call.key != first.key or size + call.size > self.max_batch:
                     self._held = call  # starts the next batch
                     break
                 batch.append(call)
-                size += len(call.crops)
+                size += call.size
             self._execute(batch)
 
     def _execute(self, batch: list[_Call]) -> None:
-        model = batch[0].model
-        crops = batch[0].crops if len(batch) == 1 else np.concatenate([c.crops for c in batch])
+        if len(batch) == 1:
+            merged = batch[0].crops
+        else:
+            merged = {m: np.concatenate([c.crops[m] for c in batch]) for m in batch[0].key}
         started = time.perf_counter()
         try:
-            probs = self.inner.predict(model, crops)
+            scores = self.inner.predict_many(merged)
         except BaseException as exc:  # noqa: BLE001 - every caller in the batch gets the failure
             for c in batch:
                 c.future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
-        metrics.INFERENCE_DURATION.labels(backend=self.name, model=model).observe(elapsed)
-        metrics.INFERENCE_CALLS.labels(backend=self.name, model=model).inc()
-        metrics.BATCH_SIZE.labels(model=model).observe(len(crops))
-        offset = 0
+        for model, crops in merged.items():
+            metrics.INFERENCE_DURATION.labels(backend=self.name, model=model).observe(elapsed)
+            metrics.INFERENCE_CALLS.labels(backend=self.name, model=model).inc()
+            metrics.BATCH_SIZE.labels(model=model).observe(len(crops))
+        offsets = dict.fromkeys(merged, 0)
         for c in batch:
-            c.future.set_result(probs[offset : offset + len(c.crops)])
-            offset += len(c.crops)
+            mine = {}
+            for model, crops in c.crops.items():
+                start = offsets[model]
+                mine[model] = scores[model][start : start + len(crops)]
+                offsets[model] = start + len(crops)
+            c.future.set_result(mine)

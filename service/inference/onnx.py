@@ -48,6 +48,9 @@ class OnnxRuntimeBackend:
     def ready(self) -> bool:
         return len(self._sessions) == len(self._manifests)
 
+    def close(self) -> None:
+        self._sessions.clear()  # the sessions' memory goes with the last reference
+
     def predict(self, model: str, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         m = find_manifest(self._manifests, model)
         x = prepare(m, crops)

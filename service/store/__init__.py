@@ -1,5 +1,6 @@
 """The decision store shared by the worker (writes) and the gateway (reads): SQLite or PostgreSQL."""
 
-from service.store.decisions import DecisionStore, NewDecision, StoredDecision
+from service.store.decisions import DecisionStore, NewDecision, StoredDecision, brief_error
+from service.store.migrate import SchemaNotCurrent
 
-__all__ = ["DecisionStore", "NewDecision", "StoredDecision"]
+__all__ = ["DecisionStore", "NewDecision", "SchemaNotCurrent", "StoredDecision", "brief_error"]

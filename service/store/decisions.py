@@ -3,10 +3,16 @@
 Writes are insert-or-return-existing on (tenant, video_id): whichever worker stores first wins, and every
 other attempt (a redelivery, a second worker after a rebalance) gets the stored decision back and re-emits its
 flag event verbatim. Thread-safe: one engine, a session per call.
+
+The schema comes from Alembic migrations (`migrate.py`), brought to head (or, with `migrate=False`, checked)
+before the first query. A `lazy` store touches the database only when first used, so a process can start while
+the database is down and the store becomes usable when it comes back; until then every call raises a
+`SQLAlchemyError`, which adapters report as `store_unavailable`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,15 +21,18 @@ from typing import Any
 
 from sqlalchemy import case, create_engine, event, insert, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.events import FlagEvent
 from service.fingerprint import match_fraction, to_signed, to_unsigned
 from service.schemas import DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
-from service.store.tables import Base, DecisionRow, FrameHashRow
+from service.store import migrate as migrations
+from service.store.tables import DecisionRow, FrameHashRow
 
-__all__ = ["DecisionStore", "NewDecision", "StoredDecision"]
+__all__ = ["DecisionStore", "NewDecision", "StoredDecision", "brief_error", "engine_for"]
+
+log = logging.getLogger("dfguard.store")
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,19 @@ class StoredDecision:
     flag_event_json: bytes  # exactly what was (or will be) produced to the flags topic
 
 
-def _engine(url: str) -> Engine:
+def brief_error(exc: BaseException) -> str:
+    """`Type: first line` of a database error, for logs and answers (SQLAlchemy's text runs to many lines and
+    ends with a link)."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+_CONNECT_TIMEOUT_SECONDS = 5  # PostgreSQL; a `connect_timeout` in the URL wins
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for `url`: SQLite in WAL mode with a busy timeout; PostgreSQL pooled, connects bounded."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -63,7 +84,9 @@ def _engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    # A bounded connect: an unreachable server must fail a readiness probe or a request, not hang it.
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": _CONNECT_TIMEOUT_SECONDS}
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, connect_args=connect_args)
 
 
 def _stored(row: DecisionRow) -> StoredDecision:
@@ -75,7 +98,11 @@ def _stored(row: DecisionRow) -> StoredDecision:
         reasons=list(row.reasons),
         origin=row.origin,
         model=ModelRef(name=row.model_name, version=row.model_version),
-        thresholds=UsedThresholds(review=row.review_threshold, flag=row.flag_threshold),
+        thresholds=UsedThresholds(
+            review=row.review_threshold,
+            flag=row.flag_threshold,
+            source=row.thresholds_source,
+        ),
         aggregation=row.aggregation,
         sha256=row.sha256,
         source_event_id=row.source_event_id,
@@ -87,21 +114,52 @@ def _stored(row: DecisionRow) -> StoredDecision:
 
 
 class DecisionStore:
-    def __init__(self, url: str) -> None:
-        self.engine = _engine(url)
-        try:
-            Base.metadata.create_all(self.engine)
-        except (ProgrammingError, IntegrityError):  # another worker created the tables at the same moment
-            Base.metadata.create_all(self.engine)
+    def __init__(self, url: str, *, migrate: bool = True, lazy: bool = False) -> None:
+        self.engine = engine_for(url)
+        self.migrate = migrate
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
         # Near-duplicate index: flagged videos' hashes, read incrementally (rows only ever get added).
         self._flagged: dict[int, list[int]] = {}
         self._flagged_upto = 0
         self._lock = threading.Lock()
+        if not lazy:
+            self.ensure_schema()
+
+    @property
+    def schema_ready(self) -> bool:
+        return self._schema_ready
+
+    def ensure_schema(self) -> None:
+        """Upgrade the schema to head (or check it is there) once; raises a `SQLAlchemyError` while the
+        database is unreachable or, without `migrate`, behind."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if self.migrate:
+                done = migrations.upgrade(self.engine)
+                if done.before != done.after or done.stamped_legacy:
+                    log.info(
+                        "store schema upgraded",
+                        extra={"from": done.before, "to": done.after, "adopted": done.stamped_legacy},
+                    )
+            else:
+                migrations.check_current(self.engine)
+            self._schema_ready = True
+
+    def ping(self) -> None:
+        """One round trip (`SELECT 1`) after making sure of the schema: the store's health probe."""
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def close(self) -> None:
         self.engine.dispose()
 
     def get(self, tenant: str, video_id: str) -> StoredDecision | None:
+        self.ensure_schema()
         with Session(self.engine) as s:
             row = s.scalar(
                 select(DecisionRow).where(DecisionRow.tenant == tenant, DecisionRow.video_id == video_id)
@@ -110,6 +168,7 @@ class DecisionStore:
 
     def find_exact(self, sha256: str, tenant: str) -> StoredDecision | None:
         """A scored decision of byte-identical media: this tenant's first if any, else any tenant's first."""
+        self.ensure_schema()
         query = (
             select(DecisionRow)
             .where(DecisionRow.sha256 == sha256, DecisionRow.origin == "scored")
@@ -126,6 +185,7 @@ class DecisionStore:
         """The best-matching scored-and-flagged video whose frames `hashes` nearly duplicate, if any."""
         if not hashes:
             return None
+        self.ensure_schema()
         index = self._refresh_flagged()
         best, best_fraction = None, 0.0
         for decision_id, candidate in index.items():
@@ -154,6 +214,7 @@ class DecisionStore:
     def put(self, new: NewDecision) -> tuple[StoredDecision, bool]:
         """Store `new` unless (tenant, video_id) already has a decision; returns the stored one and whether
         it was this call that stored it."""
+        self.ensure_schema()
         flag = new.flag
         values = dict(
             tenant=new.tenant,
@@ -166,6 +227,7 @@ class DecisionStore:
             model_version=flag.model.version,
             review_threshold=new.thresholds.review,
             flag_threshold=new.thresholds.flag,
+            thresholds_source=new.thresholds.source,
             aggregation=new.aggregation,
             sha256=new.sha256,
             source_event_id=flag.source_event_id,

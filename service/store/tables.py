@@ -54,6 +54,11 @@ class DecisionRow(Base):
         Text, doc="The flag event's JSON, re-emitted verbatim on redelivery."
     )
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Columns added by later revisions go last, in revision order: ALTER TABLE appends them, and
+    # tests/test_migrations.py checks that create_all and the migrations make the same table.
+    thresholds_source: Mapped[str | None] = mapped_column(
+        String(16), doc="settings / ensemble / model / default; null on decisions stored before 0002."
+    )
 
 
 class FrameHashRow(Base):

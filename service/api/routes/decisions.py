@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.auth import CallerDep
 from service.api.openapi import ERROR_RESPONSES
-from service.errors import BackendUnavailable, NotFound
+from service.errors import NotFound, StoreUnavailable
 from service.schemas import DecisionRecord
 
 router = APIRouter()
@@ -28,8 +28,8 @@ async def get_decision(
     store = request.app.state.store
     try:
         stored = await asyncio.to_thread(store.get, who.tenant, video_id)
-    except SQLAlchemyError as exc:
-        raise BackendUnavailable(f"the decision store is unavailable: {type(exc).__name__}") from exc
+    except SQLAlchemyError as exc:  # unreachable, or its schema not current: 503 with Retry-After
+        raise StoreUnavailable(f"the decision store is unavailable ({type(exc).__name__})") from exc
     if stored is None:
         raise NotFound(f"no decision for video {video_id} of this tenant")
     return stored.record

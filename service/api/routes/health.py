@@ -1,14 +1,22 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+`/readyz` probes each dependency the gateway serves with (the inference backend's readiness, the decision
+store's `SELECT 1` after its schema check) and names those that are down; 503 with Retry-After while any is.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
+from service.pipeline import Pipeline
 from service.schemas import Health
+from service.store import DecisionStore, brief_error
 
 router = APIRouter()
 
@@ -18,15 +26,40 @@ async def healthz() -> Any:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, summary="Models loaded and the inference backend reachable")
+def _backend_problem(pipeline: Pipeline) -> str | None:
+    return None if pipeline.backend.ready() else f"inference backend ({pipeline.backend.name}) not ready"
+
+
+def _store_problem(store: DecisionStore) -> str | None:
+    try:
+        store.ping()
+    except SQLAlchemyError as exc:
+        return f"decision store unavailable: {brief_error(exc)}"
+    return None
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Models loaded, the inference backend and the decision store reachable",
+    responses={503: {"model": Health, "description": "A dependency is down (named in `dependencies`)"}},
+)
 async def readyz(request: Request) -> Any:
-    pipeline = getattr(request.app.state, "pipeline", None)
+    state = request.app.state
+    retry = {"retry-after": str(state.settings.unavailable_retry_after_seconds)}
+    pipeline = getattr(state, "pipeline", None)
     if pipeline is None:
-        return JSONResponse(Health(status="unavailable", detail="models not loaded").model_dump(), 503)
-    if not pipeline.backend.ready():
-        detail = "inference backend not ready"
-        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
-    return Health(status="ok")
+        return JSONResponse(Health(status="unavailable", detail="models not loaded").model_dump(), 503, retry)
+    backend, store = await asyncio.gather(
+        asyncio.to_thread(_backend_problem, pipeline), asyncio.to_thread(_store_problem, state.store)
+    )
+    problems = {"backend": backend, "store": store}
+    dependencies: dict[str, Any] = {name: "down" if p else "up" for name, p in problems.items()}
+    if not any(problems.values()):
+        return Health(status="ok", dependencies=dependencies)
+    detail = "; ".join(p for p in problems.values() if p)
+    body = Health(status="unavailable", detail=detail, dependencies=dependencies)
+    return JSONResponse(body.model_dump(), 503, retry)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from service import metrics
@@ -14,7 +14,7 @@ from service.api.auth import Caller, CallerDep, require_writer
 from service.api.intake import Intake, read_media
 from service.api.jobs import Job, deliver_callback
 from service.api.openapi import ERROR_RESPONSES, media_body
-from service.errors import InternalError, ModerationError, NotFound
+from service.errors import DeadlineExceeded, InternalError, ModerationError, NotFound
 from service.schemas import JobAccepted, JobRequest, JobStatus
 from service.sources import check_callback_url
 
@@ -55,7 +55,11 @@ async def create_job(request: Request, who: Annotated[Caller, Depends(require_wr
     state = request.app.state
     job = state.jobs.create(who.tenant, None)  # reserve first: a full store refuses before any upload
     try:
-        intake, body = await read_media(request, state.settings, state.fetch_policy, JobRequest)
+        try:  # a body trickled in slowly must not hold a pending-job place for ever
+            async with asyncio.timeout(state.settings.request_timeout_seconds):
+                intake, body = await read_media(request, state.settings, state.fetch_policy, JobRequest)
+        except TimeoutError:
+            raise DeadlineExceeded("the upload or download did not finish before the deadline") from None
         callback = body.callback_url if body is not None else intake.fields.get("callback_url") or None
         if callback:
             try:
@@ -80,7 +84,7 @@ async def create_job(request: Request, who: Annotated[Caller, Depends(require_wr
     summary="The state of a job, with its result when finished",
     responses=ERROR_RESPONSES,
 )
-async def get_job(job_id: str, request: Request, who: CallerDep) -> Any:
+async def get_job(request: Request, who: CallerDep, job_id: str = Path(min_length=1, max_length=64)) -> Any:
     job = request.app.state.jobs.get(who.tenant, job_id)
     if job is None:
         raise NotFound(f"no job {job_id} for this tenant")

@@ -1,0 +1,77 @@
+"""The composition root: the one place a `Pipeline` is assembled from `Settings`.
+
+Every entry point builds its pipeline here (`dfguard score`, the gateway, the Kafka worker, `serve
+--with-worker`, `training/evaluate.py`), so they all get the same detector, the same backend (embedded ONNX
+Runtime or Triton) and the same models. Processes that score concurrently (gateway, worker) put the
+micro-batcher in front of the backend, which merges whole ensemble calls of concurrent videos into one backend
+call (one Triton request); a one-caller process (the CLI, evaluation) has nothing to merge and skips it.
+"""
+
+from __future__ import annotations
+
+from service.config import Settings
+from service.faces import FaceDetector, RetinaFaceDetector
+from service.inference import InferenceBackend, OnnxRuntimeBackend
+from service.inference.batcher import MicroBatchingBackend
+from service.media import isolation_from_settings, warm_up
+from service.models import DEFAULT_MANIFEST, ModelSet, resolve_models
+from service.pipeline import Pipeline
+
+__all__ = ["build_backend", "build_detector", "build_pipeline", "choose_models"]
+
+
+def build_detector(s: Settings) -> FaceDetector:
+    return RetinaFaceDetector(
+        threads=s.inference_threads,
+        threshold=s.detector_threshold,
+        nms_iou=s.detector_nms_iou,
+        max_faces=s.max_faces_per_frame,
+    )
+
+
+def choose_models(s: Settings) -> ModelSet:
+    """The served models: `DFG_MODEL_PATHS` (one ensemble manifest, or model manifests), else the bundled
+    default ensemble."""
+    return resolve_models(list(s.model_paths) or [DEFAULT_MANIFEST])
+
+
+def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBackend:
+    """The configured classifier backend, unbatched, serving the member models of `models`."""
+    manifests = (models or choose_models(s)).member_paths
+    if s.backend == "triton":
+        from service.inference.triton import TritonBackend  # the gRPC client only where it is used
+
+        return TritonBackend(
+            manifests,
+            s.triton_url,
+            timeout_seconds=s.triton_timeout_seconds,
+            retries=s.triton_retries,
+            breaker_failures=s.triton_breaker_failures,
+            breaker_reset_seconds=s.triton_breaker_reset_seconds,
+            max_batch_size=s.max_batch_size,
+            shared_memory=s.triton_shared_memory,
+        )
+    return OnnxRuntimeBackend(manifests, threads=s.inference_threads, max_batch_size=s.max_batch_size)
+
+
+def build_pipeline(
+    settings: Settings, *, batching: bool = True, warm_decoder: bool | None = None
+) -> Pipeline:
+    """The pipeline every entry point scores with.
+
+    Args:
+        batching: put the cross-request micro-batcher (`DFG_MAX_BATCH_SIZE`, `DFG_BATCH_MAX_WAIT_MS`) in front
+            of the backend: for processes scoring several videos at once. Off for one-caller processes, where
+            it could only add its wait.
+        warm_decoder: start the isolated decoder's host process now, while the models load (default: when
+            decoding is isolated). The CLI forks its decoder itself before loading anything.
+    """
+    if warm_decoder if warm_decoder is not None else settings.decode_isolation == "process":
+        warm_up(isolation_from_settings(settings))
+    models = choose_models(settings)
+    backend = build_backend(settings, models)
+    if batching:
+        backend = MicroBatchingBackend(
+            backend, max_batch=settings.max_batch_size, max_wait_ms=settings.batch_max_wait_ms
+        )
+    return Pipeline(settings, build_detector(settings), backend, models.ensemble)
