@@ -160,7 +160,9 @@ class JobStatus(_Out):
 
 
 class Health(_Out):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="`degraded`: ready to score, but a dependency of other endpoints (the store) is down."
+    )
     detail: str = ""
     dependencies: dict[str, Literal["up", "down"]] = Field(
         default_factory=dict, description="Readiness: each dependency (`backend`, `store`) up or down."

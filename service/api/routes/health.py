@@ -1,7 +1,9 @@
 """Liveness, readiness and Prometheus metrics.
 
 `/readyz` probes each dependency the gateway serves with (the inference backend's readiness, the decision
-store's `SELECT 1` after its schema check) and names those that are down; 503 with Retry-After while any is.
+store's `SELECT 1` after its schema check) and names those that are down. Only the backend decides readiness
+(503 with Retry-After): scoring, the gateway's job, needs no store, so a database outage must not take every
+gateway out of its Service; it reports `degraded` and `/v1/decisions` answers 503 `store_unavailable` itself.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def _store_problem(store: DecisionStore) -> str | None:
 @router.get(
     "/readyz",
     response_model=Health,
-    summary="Models loaded, the inference backend and the decision store reachable",
-    responses={503: {"model": Health, "description": "A dependency is down (named in `dependencies`)"}},
+    summary="Models loaded and the inference backend reachable (the decision store is reported too)",
+    responses={503: {"model": Health, "description": "The inference backend is down (see `dependencies`)"}},
 )
 async def readyz(request: Request) -> Any:
     state = request.app.state
@@ -55,9 +57,9 @@ async def readyz(request: Request) -> Any:
     )
     problems = {"backend": backend, "store": store}
     dependencies: dict[str, Any] = {name: "down" if p else "up" for name, p in problems.items()}
-    if not any(problems.values()):
-        return Health(status="ok", dependencies=dependencies)
     detail = "; ".join(p for p in problems.values() if p)
+    if backend is None:
+        return Health(status="degraded" if store else "ok", detail=detail, dependencies=dependencies)
     body = Health(status="unavailable", detail=detail, dependencies=dependencies)
     return JSONResponse(body.model_dump(), 503, retry)
 
