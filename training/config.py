@@ -20,7 +20,15 @@ class TrainConfig(BaseModel):
     crop_margin: float = Field(0.3, ge=0.0, le=1.0)
     resize: Literal["linear", "area_cubic"] = "linear"
     drop_rate: float = Field(0.2, ge=0.0, lt=1.0)
-    weights: Path | None = Field(None, description="Local state dict to start the backbone from.")
+    weights: Path | None = Field(
+        None,
+        description="Local state dict to start the backbone from (pretrained archs: training.pretrained).",
+    )
+    freeze_blocks: int = Field(
+        0,
+        ge=0,
+        description="Pretrained archs: the first N feature blocks get no gradient and stay in eval mode.",
+    )
     data_root: Path = Path(".cache/training")
     out: Path = Path(".cache/training/runs/default")
     steps: int = Field(4000, ge=1)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from service.models.export import check_parity, export_onnx, write_manifest
 from training.config import TrainConfig
 from training.data import CropSpec
-from training.model import IMAGENET_MEAN, IMAGENET_STD, build_classifier
+from training.model import build_classifier
+from training.pretrained import licence_note
 from training.train import val_set
 
 __all__ = ["export_run"]
@@ -41,7 +42,7 @@ def export_run(
     """
     cfg = TrainConfig.model_validate_json((run / "config.json").read_text())
     state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    model = build_classifier(cfg.arch, drop_rate=cfg.drop_rate)
+    model = build_classifier(cfg.arch, drop_rate=cfg.drop_rate, freeze_blocks=cfg.freeze_blocks)
     model.load_state_dict(state["model"])
     model.eval()
     temperature = 1.0
@@ -51,6 +52,11 @@ def export_run(
             logits = torch.cat([model.forward_logits(x[i : i + 64]) for i in range(0, len(x), 64)])
         temperature = fit_temperature(logits, y)
         model.temperature = temperature
+    start = f"fine-tuned from {cfg.weights.name}" if cfg.weights is not None else "trained from scratch"
+    licence = "Proprietary (dfguard); training photos: see MODEL_CARD.md"
+    backbone = licence_note(cfg.weights) if cfg.weights is not None else None
+    if backbone:  # a pretrained start brings its data's terms along (VGGFace2: non-commercial)
+        licence += f"; {backbone}"
     onnx_path = out / "model.onnx"
     export_onnx(model, cfg.input_size, onnx_path)
     rng = np.random.default_rng(0)
@@ -62,13 +68,13 @@ def export_run(
         version=cfg.version,
         trained=True,
         input_size=cfg.input_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=model.mean,
+        std=model.std,
         crop_margin=cfg.crop_margin,
         resize=cfg.resize,
-        description=f"{cfg.arch} trained from scratch on Self-Blended Images of packaged real photos "
+        description=f"{cfg.arch} {start} on Self-Blended Images of packaged real photos "
         f"(training/, step {state['step']}); see MODEL_CARD.md.",
-        licence="Proprietary (dfguard); training photos: see MODEL_CARD.md",
+        licence=licence,
     )
     return {
         "onnx": str(onnx_path),

@@ -88,8 +88,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, unti
     records = load_faces(cfg.data_root, "train")[: cfg.max_train_faces]
     dataset = PairDataset([load_face(cfg.data_root, r, 200) for r in records], spec, seed=cfg.seed)
     val_x, val_y = val_set(cfg, spec)
-    model = build_classifier(cfg.arch, drop_rate=cfg.drop_rate, weights=cfg.weights)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = build_classifier(
+        cfg.arch, drop_rate=cfg.drop_rate, weights=cfg.weights, freeze_blocks=cfg.freeze_blocks
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, float("inf")
     last = cfg.out / "last.pt"
     if resume and last.exists():
