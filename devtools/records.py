@@ -25,7 +25,7 @@ def new_decision(
         event_id=f"flag-{tenant}-{video_id}",
         video_id=video_id,
         tenant=tenant,
-        decision=decision,  # type: ignore[arg-type]
+        decision=decision,
         score=0.9 if decision == "flag" else 0.1,
         reasons=["untrained_model"],
         model=ModelRef(name="m", version="1"),

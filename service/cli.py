@@ -91,20 +91,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_worker(_: argparse.Namespace) -> int:
     import signal
 
-    from prometheus_client import start_http_server
-
     from service.config import Settings
     from service.logs import configure
     from service.worker import build_worker
+    from service.worker.server import WorkerServer
 
     configure()
     settings = Settings()
     worker = build_worker(settings)
+    server = None
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+        server = WorkerServer(worker, settings.worker_metrics_host, settings.worker_metrics_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.close()
+    return 0
+
+
+def _cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.logs import configure
+    from service.worker.replay import ReplayFilter, replay
+
+    configure()
+    report = replay(
+        Settings(),
+        ReplayFilter.from_args(
+            codes=args.code,
+            since=args.since,
+            until=args.until,
+            partition=args.partition,
+            from_offset=args.from_offset,
+            to_offset=args.to_offset,
+        ),
+        dry_run=args.dry_run,
+        group=args.group,
+    )
+    _print_json(report.model_dump(mode="json"))
     return 0
 
 
@@ -186,6 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
     worker = sub.add_parser("worker", help="run the Kafka worker (videos.uploaded -> moderation.flags)")
     worker.set_defaults(func=_cmd_worker)
+    dlq = sub.add_parser("dlq", help="dead-letter topic tools")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    rep = dlq_sub.add_parser(
+        "replay",
+        help="re-publish dead-lettered records to the uploads topic (original key, value and headers)",
+        description="Re-publish records of DFG_KAFKA_DLQ_TOPIC to DFG_KAFKA_UPLOADS_TOPIC. Progress is kept "
+        "by a consumer group on the DLQ, so a rerun continues where the last one stopped; a record replayed "
+        "more than DFG_DLQ_MAX_REPLAYS times is refused. Prints a JSON report.",
+    )
+    rep.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        help="replay records with this error code (repeatable); default: transient and dependency faults",
+    )
+    rep.add_argument("--since", help="only records dead-lettered at or after this ISO 8601 time")
+    rep.add_argument("--until", help="only records dead-lettered before this ISO 8601 time")
+    rep.add_argument("--partition", type=int, help="only this partition of the DLQ topic")
+    rep.add_argument("--from-offset", type=int, help="only DLQ offsets at or above this one")
+    rep.add_argument("--to-offset", type=int, help="only DLQ offsets at or below this one")
+    rep.add_argument("--group", help="consumer group keeping the progress (default DFG_DLQ_REPLAY_GROUP_ID)")
+    rep.add_argument("--dry-run", action="store_true", help="report what would be replayed; publish nothing")
+    rep.set_defaults(func=_cmd_dlq_replay)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of the Kafka event contracts")
     schemas.add_argument("out", nargs="?", default="docs/schemas")
     schemas.set_defaults(func=_cmd_schemas)

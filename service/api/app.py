@@ -25,7 +25,7 @@ from service.api.jobs import JobStore
 from service.api.routes import decisions, health, jobs, score
 from service.api.scoring import ScoringService
 from service.config import Settings
-from service.errors import ModerationError, OverCapacity
+from service.errors import ModerationError, OverCapacity, classify
 from service.inference.batcher import MicroBatchingBackend
 from service.media import isolation_from_settings, warm_up
 from service.pipeline import Pipeline, build_backend, build_detector
@@ -110,7 +110,8 @@ def create_app(
         headers = None
         if isinstance(exc, OverCapacity):
             headers = {"retry-after": str(request.app.state.scoring.retry_after_seconds())}
-        return _error(exc.http_status, exc.code, exc.message, headers)
+        outcome = classify(exc)  # the one taxonomy: status and code as the worker and docs/worker.md see them
+        return _error(outcome.http_status, outcome.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -126,7 +127,8 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "internal error")
+        outcome = classify(exc)  # anything unexpected: 500 internal_error
+        return _error(outcome.http_status, outcome.code, "internal error")
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

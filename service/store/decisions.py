@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, create_engine, event, insert, select
+from sqlalchemy import case, create_engine, event, insert, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -100,6 +100,12 @@ class DecisionStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """Health probe: one `SELECT 1` on a pooled connection; raises `SQLAlchemyError` when the database
+        does not answer (the worker holds on it instead of dead-lettering events)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def get(self, tenant: str, video_id: str) -> StoredDecision | None:
         with Session(self.engine) as s:
