@@ -83,14 +83,17 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
         *,
         wait: bool = True,
-    ) -> None:
-        """Send one record; `wait`: until the broker acknowledged it (else see `flush`)."""
+        partition: int | None = None,
+    ) -> Any:
+        """Send one record; `wait`: until the broker acknowledged it (its RecordMetadata: partition, offset),
+        else see `flush`."""
         raw = json.dumps(value).encode() if isinstance(value, dict) else value
         if key is None and isinstance(value, dict):
             key = str(value.get("video_id"))
-        future = self._p.send(topic, key=key.encode() if key else None, value=raw, headers=headers or [])
-        if wait:
-            future.get(30)
+        future = self._p.send(
+            topic, key=key.encode() if key else None, value=raw, headers=headers or [], partition=partition
+        )
+        return future.get(30) if wait else None
 
     def flush(self) -> None:
         self._p.flush(30)
@@ -116,6 +119,29 @@ def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 60.0) -> lis
         consumer.seek_to_beginning(*tps)
         out: list[Any] = []
         while len(out) < n and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                out.extend(batch)
+        return out
+    finally:
+        consumer.close()
+
+
+def read_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of `topic` up to its end offsets now (all partitions): a snapshot, without waiting."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} not read to its end offsets within {timeout} s")
             for batch in consumer.poll(timeout_ms=200).values():
                 out.extend(batch)
         return out

@@ -210,6 +210,17 @@ def docs_exprs() -> list[Expr]:
     return [Expr(f"docs/operations.md promql block {i + 1}", b.strip()) for i, b in enumerate(blocks)]
 
 
+def scaler_exprs() -> list[Expr]:
+    """The PromQL of the worker ScaledObject's prometheus triggers (base manifest: namespace dfguard)."""
+    docs = [d for d in yaml.safe_load_all((K8S / "base" / "worker.yaml").read_text()) if d]
+    so = next(d for d in docs if d["kind"] == "ScaledObject")
+    return [
+        Expr(f"KEDA trigger {t['name']}", t["metadata"]["query"])
+        for t in so["spec"]["triggers"]
+        if t["type"] == "prometheus"
+    ]
+
+
 def recording_rules() -> dict[str, str]:
     """Recorded series name -> its expression."""
     return {r["record"]: r["expr"] for g in rule_groups()["groups"] for r in g["rules"] if "record" in r}

@@ -49,6 +49,14 @@ class PostgresServer:
         self._run(
             str(self.bin / "initdb"), "-D", str(self.data), "-U", "dfguard", "-A", "trust", "-E", "UTF8"
         )
+        self.resume()
+        self._run(
+            str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "dfguard", "dfguard"
+        )
+        return self
+
+    def resume(self) -> None:
+        """Start the server on its existing cluster (after `stop`): same port, same data."""
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
         )
@@ -63,10 +71,10 @@ class PostgresServer:
             "-w",
             "start",
         )
-        self._run(
-            str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "dfguard", "dfguard"
-        )
-        return self
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping the cluster for `resume`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def close(self) -> None:
         if (self.data / "postmaster.pid").exists():

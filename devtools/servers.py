@@ -109,7 +109,7 @@ class MediaHost:
 class FlakyMediaHost:
     """An HTTP media host on 127.0.0.1 that answers 503 for the first `failures` requests of each path."""
 
-    def __init__(self, root: Path, failures: int) -> None:
+    def __init__(self, root: Path, failures: int, port: int = 0) -> None:
         self.hits: Counter[str] = Counter()
         outer = self
 
@@ -128,7 +128,7 @@ class FlakyMediaHost:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -193,7 +193,10 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Events processed at once per worker."
     )
     worker_max_attempts: int = Field(
-        5, ge=1, description="Tries of an event failing transiently (fetch, backend, store) before the DLQ."
+        5,
+        ge=1,
+        description="Tries of an event failing transiently, or on a dependency while every health probe is "
+        "up, before the DLQ; failures during a hold (a probe down) are not counted.",
     )
     worker_retry_backoff_seconds: float = Field(
         0.5, gt=0, description="First retry delay (doubles each try)."
@@ -205,8 +208,28 @@ class Settings(BaseSettings):
     worker_lag_interval_seconds: float = Field(
         0.25, gt=0, description="How often the lag gauge is refreshed (one end-offsets request)."
     )
-    worker_metrics_host: str = Field("127.0.0.1", description="Bind address of the worker's /metrics.")
-    worker_metrics_port: int = Field(9102, ge=0, le=65535, description="0: no metrics server.")
+    worker_probe_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the dependency health probes run while all are up."
+    )
+    worker_probe_timeout_seconds: float = Field(
+        5.0, gt=0, description="A probe that takes longer counts as failed."
+    )
+    worker_hold_backoff_seconds: float = Field(
+        0.5, gt=0, description="While held: first re-probe delay (doubles after each failed round)."
+    )
+    worker_hold_backoff_max_seconds: float = Field(
+        10.0, gt=0, description="While held: the longest delay between re-probes (bounds the resume delay)."
+    )
+    dlq_max_replays: int = Field(
+        3, ge=0, description="`dfguard dlq replay` refuses a record already replayed this many times."
+    )
+    dlq_replay_group_id: str = Field(
+        "dfguard-dlq-replay", description="Consumer group that keeps `dfguard dlq replay`'s progress."
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Bind address of the worker's /metrics, /healthz and /readyz."
+    )
+    worker_metrics_port: int = Field(9102, ge=0, le=65535, description="0: no HTTP server (no probes).")
 
     # --- decision store and dedup ---------------------------------------------------------------------------
     database_url: str = Field(

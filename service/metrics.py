@@ -14,6 +14,7 @@ __all__ = [
     "DECISIONS",
     "DEDUP_HITS",
     "DEDUP_LOOKUPS",
+    "DEPENDENCY_UP",
     "ERRORS",
     "EVENTS_CONSUMED",
     "EVENTS_DEAD_LETTERED",
@@ -27,6 +28,7 @@ __all__ = [
     "REQUESTS",
     "REQUEST_DURATION",
     "STAGE_DURATION",
+    "WORKER_HELD_SINCE",
     "WORKER_IN_FLIGHT",
     "WORKER_LAST_DECISION",
     "WORKER_PROCESSING",
@@ -104,6 +106,15 @@ CONSUMER_LAG = Gauge(
 WORKER_IN_FLIGHT = Gauge("dfguard_worker_in_flight_events", "Events being processed by this worker.")
 WORKER_LAST_DECISION = Gauge(
     "dfguard_worker_last_decision_timestamp_seconds", "Unix time of the last flag event this worker emitted."
+)
+DEPENDENCY_UP = Gauge(
+    "dfguard_worker_dependency_up",
+    "Whether the last health probe of a shared dependency succeeded (1) or failed (0).",
+    ["dependency"],
+)
+WORKER_HELD_SINCE = Gauge(
+    "dfguard_worker_held_since_timestamp_seconds",
+    "Unix time since which this worker holds (a dependency probe fails); 0 while it is not held.",
 )
 DEDUP_LOOKUPS = Counter("dfguard_dedup_lookups_total", "Repost/near-duplicate lookups before scoring.")
 DEDUP_HITS = Counter("dfguard_dedup_hits_total", "Lookups answered from a stored verdict, by kind.", ["kind"])

@@ -70,6 +70,7 @@ from service.errors import (
     MediaNotFound,
     MediaTooLarge,
     ModerationError,
+    SourceUnavailable,
     UrlNotAllowed,
 )
 
@@ -342,8 +343,8 @@ class _HttpTransfer:
             self.redirects += 1
             return True
         if not 200 <= status < 300:
-            transient = status >= 500 or status in (408, 429)
-            raise FetchFailed(f"{_redact(self.url)} returned HTTP {status}", transient=transient)
+            error = SourceUnavailable if status >= 500 or status in (408, 429) else FetchFailed
+            raise error(f"{_redact(self.url)} returned HTTP {status}")
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.policy.max_bytes:
             raise MediaTooLarge(
@@ -359,12 +360,12 @@ class _HttpTransfer:
         where = _redact(self.url)
         expired = time.monotonic() >= self.deadline
         if isinstance(exc, httpx.ConnectTimeout) and not expired:
-            return FetchFailed(f"timed out connecting to {where}", transient=True)
+            return SourceUnavailable(f"timed out connecting to {where}")
         if isinstance(exc, TimeoutError | httpx.TimeoutException):
             return self._deadline_error()
         if isinstance(exc, httpx.ConnectError):
-            return FetchFailed(f"could not connect to {where}: {exc}", transient=True)
-        return FetchFailed(f"fetching {where} failed: {type(exc).__name__}: {exc}", transient=True)
+            return SourceUnavailable(f"could not connect to {where}: {exc}")
+        return SourceUnavailable(f"fetching {where} failed: {type(exc).__name__}: {exc}")
 
     def _deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(

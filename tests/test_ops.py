@@ -42,6 +42,7 @@ from devtools.ops_tools import (
     rule_exprs,
     rule_groups,
     run,
+    scaler_exprs,
     tool,
     write_rules,
 )
@@ -189,6 +190,15 @@ SCALED_OBJECT = _obj(
                 {
                     "restoreToOriginalReplicaCount": {"type": "boolean"},
                     "horizontalPodAutoscalerConfig": _strict({"name": {"type": "string"}, "behavior": {}}),
+                    "scalingModifiers": _strict(
+                        {
+                            "formula": {"type": "string"},
+                            "target": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                            "activationTarget": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                            "metricType": {"enum": ["AverageValue", "Value"]},
+                        },
+                        ("formula", "target"),
+                    ),
                 }
             ),
             "triggers": {
@@ -218,6 +228,11 @@ KAFKA_TRIGGER_KEYS = {
     "topicFromEnv", "lagThreshold", "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
     "excludePersistentLag", "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag",
     "ensureEvenDistributionOfPartitions", "partitionLimitation", "version", "sasl", "tls",
+}  # fmt: skip
+# Keys of KEDA's prometheus scaler (keda.sh/docs/2.x/scalers/prometheus).
+PROMETHEUS_TRIGGER_KEYS = {
+    "serverAddress", "query", "threshold", "activationThreshold", "namespace", "customHeaders",
+    "ignoreNullValues", "queryParameters", "unsafeSsl", "timeout", "authModes",
 }  # fmt: skip
 SERVICE_MONITOR = _obj(
     "monitoring.coreos.com/v1",
@@ -402,7 +417,9 @@ def test_worker_scaled_on_lag_up_to_partition_count(
     assert spec["maxReplicaCount"] == partitions
     assert 1 <= spec["minReplicaCount"] <= partitions
     assert spec["scaleTargetRef"]["name"] == "dfguard-worker"
-    (trigger,) = spec["triggers"]
+    triggers = {t["name"]: t for t in spec["triggers"]}
+    assert {t["type"] for t in triggers.values()} == {"kafka", "prometheus"} and len(triggers) == 2
+    trigger = triggers["lag"]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
     assert set(meta) <= KAFKA_TRIGGER_KEYS, set(meta) - KAFKA_TRIGGER_KEYS
@@ -424,6 +441,37 @@ def test_worker_scaled_on_lag_up_to_partition_count(
     # The worker's metrics port is the one its Service and ServiceMonitor scrape.
     port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
     assert int(env["DFG_WORKER_METRICS_PORT"]) == port and env["DFG_WORKER_METRICS_HOST"] == "0.0.0.0"
+    # Liveness on the loop, readiness on group membership (a held worker stays ready: rolling updates).
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_sees_the_hold(built: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """While every worker is held the scaler asks for no replicas beyond the minimum: the formula zeroes the
+    lag when the `held` trigger (a Prometheus query over this namespace's workers) reports 1."""
+    objs = built[overlay]
+    so = one(objs, "ScaledObject", "dfguard-worker")
+    namespace = so["metadata"]["namespace"]
+    held = next(t for t in so["spec"]["triggers"] if t["name"] == "held")
+    meta = held["metadata"]
+    assert held["type"] == "prometheus" and set(meta) <= PROMETHEUS_TRIGGER_KEYS, set(meta)
+    assert meta["serverAddress"].startswith("http") and float(meta["threshold"]) > 0
+    assert meta["ignoreNullValues"] == "true", "no series must never block scaling on lag"
+    query = meta["query"]
+    assert f'namespace="{namespace}"' in query and 'job="dfguard-worker"' in query, query
+    assert [metric_name(s) for s in promql_selectors(query)] == [
+        "dfguard_worker_held_since_timestamp_seconds"
+    ]
+    modifiers = so["spec"]["advanced"]["scalingModifiers"]
+    assert modifiers["formula"] == "held > 0 ? 0 : lag"
+    lag = next(t for t in so["spec"]["triggers"] if t["name"] == "lag")
+    assert modifiers["target"] == lag["metadata"]["lagThreshold"], "scaling on lag is unchanged when not held"
+    assert modifiers.get("metricType", "AverageValue") == "AverageValue"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -552,7 +600,7 @@ def test_metric_names_exist() -> None:
     `a:b:c` name a recording rule of ours (Triton's nv_* names are checked against a real Triton by
     tests/test_ops_prometheus.py)."""
     exported = _exported_names()
-    exprs = [*rule_exprs(), *dashboard_exprs(), *docs_exprs()]
+    exprs = [*rule_exprs(), *dashboard_exprs(), *docs_exprs(), *scaler_exprs()]
     used = {metric_name(s) for e in exprs for s in promql_selectors(e.promql)}
     ours = {n for n in used if n.startswith("dfguard_")}
     assert ours <= exported, ours - exported
@@ -625,6 +673,8 @@ def test_dashboard_is_complete_and_provisioned(built: dict[str, list[dict[str, A
         "max by (topic, partition) (dfguard_worker_consumer_lag",
         "dfguard_worker_events_dead_lettered_total",
         "sum(rate(dfguard_dedup_hits_total",
+        "min by (dependency) (dfguard_worker_dependency_up",
+        "dfguard_worker_held_since_timestamp_seconds{",
         "/ sum(rate(dfguard_dedup_lookups_total",
         "nv_inference_queue_duration_us",
         "nv_inference_compute_infer_duration_us",

@@ -34,6 +34,7 @@ from devtools.ops_tools import (
     process,
     promql_selectors,
     rule_exprs,
+    scaler_exprs,
     write_rules,
 )
 from devtools.servers import FlakyMediaHost, free_port
@@ -198,7 +199,7 @@ def prometheus(
 
 
 def _all_exprs() -> list[Expr]:
-    return [*dashboard_exprs(), *rule_exprs(), *docs_exprs()]
+    return [*dashboard_exprs(), *rule_exprs(), *docs_exprs(), *scaler_exprs()]
 
 
 def test_every_selector_returns_series(prometheus: Prometheus) -> None:

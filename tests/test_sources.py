@@ -32,12 +32,15 @@ from service.config import Settings
 from service.errors import (
     DeadlineExceeded,
     EmptyMedia,
+    Fault,
     FetchFailed,
     InvalidUrl,
     MediaNotFound,
     MediaTooLarge,
     ModerationError,
+    SourceUnavailable,
     UrlNotAllowed,
+    classify,
 )
 from service.sources import (
     Fetched,
@@ -362,6 +365,8 @@ def test_http_error_status_fails_with_status_and_without_query(
     with pytest.raises(FetchFailed, match=f"HTTP {status}") as info:
         fetch(f"{base}/status/{status}?X-Amz-Signature=secret", tmp_path / "m", policy())
     assert "secret" not in info.value.message
+    # 5xx may pass (the worker retries it); a 4xx is the URL's answer for good.
+    assert classify(info.value).fault is (Fault.TRANSIENT if status >= 500 else Fault.EVENT)
 
 
 def test_empty_body_is_empty_media(base: str, tmp_path: Path) -> None:
@@ -374,8 +379,9 @@ def test_connection_refused_is_fetch_failed(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    with pytest.raises(FetchFailed, match="could not connect"):
+    with pytest.raises(FetchFailed, match="could not connect") as info:
         fetch(f"http://127.0.0.1:{free}/x", tmp_path / "m", policy())
+    assert isinstance(info.value, SourceUnavailable) and classify(info.value).fault is Fault.TRANSIENT
 
 
 # --- https: pinned address, TLS verified against the hostname ---------------------------------------------

@@ -200,6 +200,31 @@ def test_killed_triton_gives_clean_errors_then_recovers(server: TritonServer) ->
     backend.close()
 
 
+def test_a_ready_probe_closes_the_circuit_so_resumed_calls_do_not_fail_fast(server: TritonServer) -> None:
+    """A worker's hold ends when the readiness probe passes; the calls it releases must not then meet a
+    breaker still waiting out its reset period (before, every retry of the worker met the open circuit)."""
+    backend = _backend(server, retries=0, breaker_failures=1, breaker_reset_seconds=600.0)
+    crops = np.zeros((2, 224, 224, 3), np.uint8)
+    try:
+        server.kill()
+        with pytest.raises(BackendUnavailable):
+            backend.predict_many({MEMBER: crops})
+        assert backend.breaker.is_open and not backend.ready()
+        server.start()
+        with pytest.raises(BackendUnavailable, match="circuit open"):  # open for another 10 minutes
+            backend.predict_many({MEMBER: crops})
+        deadline = time.monotonic() + 30  # the channel reconnects within its (capped) backoff
+        while not backend.ready():
+            assert time.monotonic() < deadline, "the probe asks the server even while the circuit is open"
+            time.sleep(0.2)
+        assert not backend.breaker.is_open, "a ready answer closes the circuit (600 s before its reset)"
+        assert len(backend.predict_many({MEMBER: crops})[MEMBER]) == 2
+    finally:
+        backend.close()
+        if not server.running():
+            server.start()
+
+
 def test_gateway_turns_a_triton_outage_into_503_and_recovers(server: TritonServer, face_clip: Path) -> None:
     settings = Settings(
         model_paths=[UNTRAINED_MANIFEST],

@@ -33,7 +33,7 @@ from service.api.routes import decisions, health, jobs, score
 from service.api.scoring import ScoringService
 from service.compose import build_pipeline
 from service.config import Settings
-from service.errors import ModerationError, OverCapacity
+from service.errors import ModerationError, OverCapacity, classify
 from service.pipeline import Pipeline
 from service.sources import FetchPolicy
 from service.store import DecisionStore, brief_error
@@ -116,9 +116,10 @@ def create_app(
         headers = None
         if isinstance(exc, OverCapacity):
             headers = {"retry-after": str(request.app.state.scoring.retry_after_seconds())}
-        elif exc.http_status == 503:
+        outcome = classify(exc)  # the one taxonomy: status and code as the worker and docs/worker.md see them
+        if outcome.http_status == 503:
             headers = {"retry-after": str(settings.unavailable_retry_after_seconds)}
-        return error_response(exc.http_status, exc.code, exc.message, headers)
+        return error_response(outcome.http_status, outcome.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -144,6 +145,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc, extra={"request_id": request.state.request_id})
-        return error_response(500, "internal_error", "internal error")
+        outcome = classify(exc)  # anything unexpected: 500 internal_error
+        return error_response(outcome.http_status, outcome.code, "internal error")
 
     return app

@@ -6,7 +6,7 @@ The asyncio client runs on a private event loop thread, so the pipeline's worker
 embedded backend. Outages are bounded: each call has a timeout, transient failures (unavailable, deadline,
 exhausted) are retried with backoff, and after `breaker_failures` consecutive failures a circuit breaker
 fails calls at once with `BackendUnavailable` (503 at the gateway) for `breaker_reset_seconds`, then lets one
-call probe the server again.
+call probe the server again; a readiness probe (`ready()`) that finds the server ready closes it at once.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = ["CircuitBreaker", "TritonBackend"]
 
 T = TypeVar("T")
 
+_MAX_MESSAGE_BYTES = 2**31 - 1  # tritonclient's MAX_GRPC_MESSAGE_SIZE
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "UNKNOWN")
 
 
@@ -175,7 +176,22 @@ class TritonBackend:
         return total
 
     async def _make_client(self) -> Any:
-        return grpcclient.InferenceServerClient(self.url)
+        # gRPC's reconnect backoff grows to 120 s while the server is away, so a Triton that came back could
+        # stay unreachable (to the readiness probe and to every call) for two minutes: capped at 2 s. The
+        # other options are the client's defaults.
+        keepalive = grpcclient.KeepAliveOptions()
+        options = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.min_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        return grpcclient.InferenceServerClient(self.url, channel_args=options)
 
     @property
     def models(self) -> list[ModelManifest]:
@@ -268,19 +284,26 @@ class TritonBackend:
         return scores
 
     def ready(self) -> bool:
-        """Server live and the ensemble ready, asked once without retries (readiness probes must be quick)."""
-        if self.breaker.is_open:
-            return False
+        """Server live and the ensemble ready, asked once without retries (readiness probes must be quick).
 
-        async def check() -> bool:
-            return bool(await self._client.is_server_ready()) and bool(
-                await self._client.is_model_ready(self.ensemble)
+        Asked even while the circuit is open, and a ready answer closes it: the readiness probe is what ends
+        an outage for its callers (the gateway's /readyz, the worker's hold), so the calls it lets through
+        must not then fail fast on a breaker still waiting out `breaker_reset_seconds`."""
+
+        wait = min(self.timeout, 2.0)
+
+        async def check() -> bool:  # each RPC bounded too: a probe never leaves a call behind on the loop
+            return bool(await self._client.is_server_ready(client_timeout=wait)) and bool(
+                await self._client.is_model_ready(self.ensemble, client_timeout=wait)
             )
 
         try:
-            return self._submit(check(), timeout=min(self.timeout, 2.0))
+            ok = self._submit(check(), timeout=2 * wait + 1)
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False
+        if ok:
+            self.breaker.success()
+        return ok
 
     def close(self) -> None:
         try:

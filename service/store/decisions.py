@@ -150,7 +150,9 @@ class DecisionStore:
             self._schema_ready = True
 
     def ping(self) -> None:
-        """One round trip (`SELECT 1`) after making sure of the schema: the store's health probe."""
+        """The store's health probe: one round trip (`SELECT 1`) after making sure of the schema; raises a
+        `SQLAlchemyError` while the database does not answer (the worker holds on it, the gateway answers
+        503 `store_unavailable`)."""
         self.ensure_schema()
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")

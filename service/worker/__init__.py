@@ -6,10 +6,12 @@ from service.compose import build_pipeline
 from service.config import Settings
 from service.pipeline import Pipeline
 from service.store import DecisionStore
-from service.worker.handler import EventHandler, Outcome
+from service.worker.dependencies import LazyStore, inference_probe, kafka_probe, store_probe
+from service.worker.handler import Emission, EventHandler
+from service.worker.health import Health
 from service.worker.runner import Worker
 
-__all__ = ["EventHandler", "Outcome", "Worker", "build_worker"]
+__all__ = ["Emission", "EventHandler", "Health", "Worker", "build_worker"]
 
 
 def build_worker(
@@ -17,7 +19,19 @@ def build_worker(
 ) -> Worker:
     """A worker over the given (or newly built) pipeline and store; `run()` it in a thread or the main one.
 
-    A pipeline built here is the gateway's (`build_pipeline`): events scored at once share backend calls."""
+    A pipeline built here is the gateway's (`build_pipeline`): events scored at once share backend calls.
+    Nothing here needs the database or Triton to be up: the store opens once it answers, and until every
+    dependency's probe passes the worker holds."""
     pipeline = pipeline or build_pipeline(settings)
-    store = store or DecisionStore(settings.database_url, migrate=settings.database_migrate_on_start)
-    return Worker(settings, EventHandler(settings, pipeline, store))
+    stores = (
+        LazyStore(store=store)
+        if store is not None
+        else LazyStore(settings.database_url, migrate=settings.database_migrate_on_start)
+    )
+    probes = [
+        inference_probe(pipeline.backend),
+        store_probe(stores),
+        kafka_probe(settings.kafka_bootstrap_servers, settings.worker_probe_timeout_seconds),
+    ]
+    health = Health.from_settings(probes, settings)
+    return Worker(settings, EventHandler(settings, pipeline, stores, health))

@@ -1,10 +1,16 @@
-"""One upload event -> one outcome: the flag event to produce, or a dead-letter record. No Kafka here.
+"""One upload event -> one emission: the flag event to produce, or a dead-letter record. No Kafka here.
 
 Order of work, cheapest first: a decision already stored for (tenant, video_id) is re-emitted verbatim
 (redelivery); byte-identical media (sha256) reuses a scored verdict after only the fetch (viral reposts);
-after decoding, a near-duplicate of a *flagged* clip is flagged at once; everything else is scored. Transient
-faults (fetch, backend, store) are retried with exponential backoff, then dead-lettered; media that cannot be
-analysed is user content and gets a `review` decision with the error code as its reason.
+after decoding, a near-duplicate of a *flagged* clip is flagged at once; everything else is scored.
+
+Failures are classified once (`service.errors.classify`): the event's own fault keeps its documented outcome
+(media that cannot be analysed is a `review` decision with the code as its reason; a bad event or a refused or
+missing URI is dead-lettered). Any other failure first asks the health probes (`Health.recheck`): if a shared
+dependency is down, the failure belongs to the outage, is not counted, and the event waits for the hold to end
+and runs again, however long that takes. With every probe up it is this event's: a transient or dependency
+fault is retried with exponential backoff up to `DFG_WORKER_MAX_ATTEMPTS`, then dead-lettered; an internal
+error (a bug) is dead-lettered at once.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.errors import (
-    BackendUnavailable,
-    DeadlineExceeded,
-    FetchFailed,
+    Fault,
+    MalformedEvent,
     MediaError,
-    MediaNotFound,
     ModerationError,
-    OverCapacity,
+    Outcome,
+    SchemaViolation,
+    StoreUnavailable,
+    classify,
 )
 from service.events import FlagEvent, FlagFace, FlagFrame, FlagTimings, UploadEvent
 from service.fingerprint import frame_hashes
@@ -43,8 +50,10 @@ from service.pipeline import Pipeline
 from service.schemas import ModelRef, ScoreResult
 from service.sources import FetchPolicy, fetch_to_file_sync
 from service.store import DecisionStore, NewDecision, StoredDecision
+from service.worker.dependencies import LazyStore, inference_probe, store_probe
+from service.worker.health import Health
 
-__all__ = ["EventHandler", "Outcome", "flag_event_id"]
+__all__ = ["Emission", "EventHandler", "flag_event_id"]
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6c1f3e0e-5d0a-4f43-9a51-6466677561a1")
@@ -52,30 +61,16 @@ _TOP_FRAMES = 3
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Emission:
     """What to produce for one consumed record before its offset may be committed."""
 
     kind: Literal["flag", "dlq"]
     value: bytes
     key: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
-    decision: str | None = None  # flag outcomes
-    reason: str | None = None  # dlq outcomes: the error code
+    decision: str | None = None  # flag emissions
+    reason: str | None = None  # dlq emissions: the error code
     uploaded_at: datetime | None = None
-
-
-class _Transient(Exception):
-    """A fault that may pass: retried, then dead-lettered with `code`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _DeadLetter(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def flag_event_id(tenant: str, video_id: str) -> str:
@@ -98,61 +93,94 @@ def _top_frames(result: ScoreResult) -> list[FlagFrame]:
 
 
 class EventHandler:
-    """Thread-safe: the worker calls `handle` from several threads at once."""
+    """Thread-safe: the worker calls `handle` from several threads at once.
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, store: DecisionStore) -> None:
+    `store` may be an open store or a `LazyStore` (opened once the database answers); `health` defaults to
+    probes of this handler's inference backend and store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        store: DecisionStore | LazyStore,
+        health: Health | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        self.store = store
+        self.stores = store if isinstance(store, LazyStore) else LazyStore(store=store)
+        self.health = health or Health.from_settings(
+            [inference_probe(pipeline.backend), store_probe(self.stores)], settings
+        )
         self.policy = FetchPolicy.from_settings(settings)
         self.thresholds = pipeline.used_thresholds
         self.scratch = tempfile.mkdtemp(prefix="dfguard-worker-")  # fetched media, one file per event
 
+    @property
+    def store(self) -> DecisionStore:
+        return self.stores.get()
+
     def close(self) -> None:
+        self.health.stop()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     # --- entry point -------------------------------------------------------------------------------------
 
-    def handle(self, value: bytes | None, stop: threading.Event) -> Outcome:
-        """Decide one record's value. Never raises for bad input; `stop` cuts retry waits short (then the
-        last transient error is returned as a dead letter only if every attempt was used)."""
+    def handle(self, value: bytes | None, stop: threading.Event) -> Emission:
+        """Decide one record's value. Never raises for a bad event or a failure; raises `InterruptedError`
+        when `stop` is set while the event waits (for a hold to end, or between retries): the caller leaves
+        it uncommitted, so it is redelivered."""
         try:
             upload = self._parse(value)
-        except _DeadLetter as exc:
-            return self.dead_letter(value, None, exc.code, str(exc))
+        except ModerationError as exc:
+            return self.dead_letter(value, None, classify(exc), exc.message)
         key = upload.video_id.encode()
-        attempts = self.settings.worker_max_attempts
-        for attempt in range(1, attempts + 1):
+        attempts = 0
+        delay = self.settings.worker_retry_backoff_seconds
+        while True:
+            if not self.health.wait_up(stop):  # nothing starts during a hold
+                raise InterruptedError("worker stopping while held")
             try:
                 stored = self._decide(upload)
-                return Outcome(
+                return Emission(
                     "flag",
                     stored.flag_event_json,
                     key,
                     decision=stored.record.decision,
                     uploaded_at=upload.uploaded_at,
                 )
-            except _DeadLetter as exc:
-                return self.dead_letter(value, key, exc.code, str(exc))
-            except _Transient as exc:
-                WORKER_RETRIES.labels(reason=exc.code).inc()
-                if attempt == attempts:
-                    return self.dead_letter(value, key, exc.code, f"{exc} (after {attempts} attempts)")
-                delay = min(
-                    self.settings.worker_retry_backoff_seconds * 2 ** (attempt - 1),
-                    self.settings.worker_retry_backoff_max_seconds,
-                )
+            except InterruptedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
+                failure, error = classify(exc), exc
+            if failure.fault is Fault.EVENT:
+                return self.dead_letter(value, key, failure, _message(error))
+            WORKER_RETRIES.labels(reason=failure.code).inc()
+            if not self.health.recheck():
                 log.warning(
-                    "event %s: %s: %s; retry %d in %.1f s", upload.event_id, exc.code, exc, attempt, delay
+                    "event %s: %s during a hold (%s): retried after it, not counted",
+                    upload.event_id,
+                    failure.code,
+                    ", ".join(f"{d} down" for d in sorted(self.health.down())),
                 )
-                if stop.wait(delay):
-                    raise InterruptedError("worker stopping during a retry wait") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                continue
+            if failure.fault is Fault.INTERNAL:
+                log.error("event %s: internal error", upload.event_id, exc_info=error)
+                return self.dead_letter(value, key, failure, _message(error))
+            attempts += 1
+            if attempts >= self.settings.worker_max_attempts:
+                message = f"{_message(error)} (after {attempts} attempts)"
+                return self.dead_letter(value, key, failure, message)
+            log.warning(
+                "event %s: %s: %s; retry %d in %.1f s", upload.event_id, failure.code, error, attempts, delay
+            )
+            if stop.wait(delay):
+                raise InterruptedError("worker stopping during a retry wait") from error
+            delay = min(delay * 2, self.settings.worker_retry_backoff_max_seconds)
 
     @staticmethod
     def _parse(value: bytes | None) -> UploadEvent:
         if value is None:
-            raise _DeadLetter("malformed_event", "the record has no value (tombstone)")
+            raise MalformedEvent("the record has no value (tombstone)")
         try:
             data = json.loads(value)
         except (
@@ -160,56 +188,54 @@ class EventHandler:
             json.JSONDecodeError,
             RecursionError,
         ) as exc:  # RecursionError: deep nesting
-            raise _DeadLetter("malformed_event", f"not JSON: {exc}") from exc
+            raise MalformedEvent(f"not JSON: {exc}") from exc
         try:
             return UploadEvent.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()
             )
-            raise _DeadLetter("schema_violation", problems[:2000]) from exc
+            raise SchemaViolation(problems[:2000]) from exc
 
-    def dead_letter(self, value: bytes | None, key: bytes | None, code: str, message: str) -> Outcome:
-        headers = [("dfg-error-code", code.encode()), ("dfg-error-message", message[:4000].encode())]
-        return Outcome("dlq", value or b"", key, headers, reason=code)
+    def dead_letter(self, value: bytes | None, key: bytes | None, failure: Outcome, message: str) -> Emission:
+        headers = [
+            ("dfg-error-code", failure.code.encode()),
+            ("dfg-error-fault", str(failure.fault).encode()),
+            ("dfg-error-message", message[:4000].encode()),
+        ]
+        return Emission("dlq", value or b"", key, headers, reason=failure.code)
 
     # --- one attempt ---------------------------------------------------------------------------------------
 
     def _decide(self, upload: UploadEvent) -> StoredDecision:
         try:
-            existing = self.store.get(upload.tenant, upload.video_id)
+            store = self.stores.get()
+            existing = store.get(upload.tenant, upload.video_id)
             if existing is not None:
                 return existing  # a redelivery: the same decision, the same bytes
             fd, name = tempfile.mkstemp(prefix="dfguard-event-", dir=self.scratch)
             os.close(fd)
             try:
-                return self.store.put(self._analyse(upload, Path(name)))[0]
+                return store.put(self._analyse(upload, Path(name), store))[0]
             finally:
                 Path(name).unlink(missing_ok=True)
         except SQLAlchemyError as exc:
-            raise _Transient("store_unavailable", f"decision store: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"decision store: {type(exc).__name__}: {exc}") from exc
 
-    def _analyse(self, upload: UploadEvent, dest: Path) -> NewDecision:
+    def _analyse(self, upload: UploadEvent, dest: Path, store: DecisionStore) -> NewDecision:
         t0 = time.perf_counter()
         try:
             fetched = fetch_to_file_sync(upload.uri, dest, self.policy)
-        except MediaNotFound as exc:
-            raise _DeadLetter(exc.code, exc.message) from exc
-        except MediaError as exc:  # e.g. over the size limit: user content, a person should look
+        except MediaError as exc:
+            if not exc.review:
+                raise
+            # e.g. over the size limit: user content, a person should look
             return self._media_error(upload, exc, None, {"fetch": _ms(t0), "total": _ms(t0)})
-        except FetchFailed as exc:
-            if exc.transient:
-                raise _Transient(exc.code, exc.message) from exc
-            raise _DeadLetter(exc.code, exc.message) from exc
-        except DeadlineExceeded as exc:
-            raise _Transient(exc.code, exc.message) from exc
-        except ModerationError as exc:  # invalid or refused URI: the event is wrong
-            raise _DeadLetter(exc.code, exc.message) from exc
         fetch_ms = _ms(t0)
 
         if self.settings.dedup_exact:
             DEDUP_LOOKUPS.inc()
-            original = self.store.find_exact(fetched.sha256, upload.tenant)
+            original = store.find_exact(fetched.sha256, upload.tenant)
             if original is not None:
                 DEDUP_HITS.labels(kind="exact").inc()
                 same = original.tenant == upload.tenant
@@ -223,7 +249,7 @@ class EventHandler:
             pending = PendingMedia(fetched.path, self.settings)
             media = pending.result()
             hashes = frame_hashes(media.frames, self.settings.near_duplicate_frames)
-            near = self.store.find_near_flagged(
+            near = store.find_near_flagged(
                 hashes, self.settings.near_duplicate_max_distance, self.settings.near_duplicate_min_fraction
             )
             if near is not None:
@@ -237,10 +263,10 @@ class EventHandler:
                 return self._reuse(upload, near, "near_duplicate", [mark], fetched.sha256, fetch_ms, t0)
             result = self.pipeline.score_media(media, fetched.sha256, t1)
         except MediaError as exc:
+            if not exc.review:
+                raise
             spent = {"fetch": fetch_ms, "decode": _ms(t1), "total": _ms(t0)}
             return self._media_error(upload, exc, fetched.sha256, spent)
-        except (BackendUnavailable, DeadlineExceeded, OverCapacity) as exc:
-            raise _Transient(exc.code, exc.message) from exc
         finally:
             if pending is not None:
                 pending.close()
@@ -324,6 +350,12 @@ class EventHandler:
             decided_at=datetime.now(UTC),
             source_event_id=upload.event_id,
         )
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, ModerationError):
+        return exc.message
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 def _ms(since: float) -> float:

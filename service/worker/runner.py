@@ -11,6 +11,11 @@ On a rebalance, what is done is committed without waiting for in-flight events (
 on its IO thread, where waiting would stall heartbeats); a partition given straight back keeps its state, one
 that goes elsewhere is dropped: its in-flight events finish, and the new owner re-emits the stored decision,
 an identical flag event.
+
+Holds: while a dependency probe fails (`service/worker/health.py`), the partitions are paused (polling goes
+on, so the membership lives), no event starts, in-flight events wait for the hold to end and nothing past the
+last finished event is committed; the lag gauge keeps refreshing, so the lag grows. The worker stays a group
+member (ready), so a rolling update can still replace it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from service.config import Settings
+from service.errors import classify
 from service.events import SCHEMA_VERSION
 from service.metrics import (
     CONSUMER_LAG,
@@ -44,12 +50,13 @@ from service.metrics import (
     WORKER_PROCESSING,
     WORKER_RETRIES,
 )
-from service.worker.handler import EventHandler, Outcome
+from service.worker.handler import Emission, EventHandler
 from service.worker.offsets import PartitionOffsets
 
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
+_BOOTSTRAP_MS = 5000
 
 
 @dataclass
@@ -67,7 +74,7 @@ class _Done:
     part: _Partition
     record: Any
     key: bytes
-    outcome: Outcome | None  # None: not finished (stopping); the offset stays uncommitted
+    outcome: Emission | None  # None: not finished (stopping); the offset stays uncommitted
     started: float
 
 
@@ -94,30 +101,46 @@ class Worker:
     def __init__(self, settings: Settings, handler: EventHandler) -> None:
         self.s = settings
         self.handler = handler
+        self.health = handler.health
         self.stop_event = threading.Event()
         self._parts: dict[TopicPartition, _Partition] = {}
         self._completions: queue.Queue[_Done] = queue.Queue()
         self._rebalances: queue.Queue[tuple[str, set[TopicPartition]]] = queue.Queue()
         self._handing_over: dict[TopicPartition, _Partition] = {}  # revoked, awaiting the next assignment
         self._in_flight = 0
-        self._paused = False
+        self._paused = False  # the assigned partitions are paused (buffer full, or held)
+        self._full = False  # too much buffered: fetch nothing until half of it is done
         self._next_lag = 0.0
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._pool = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="dfguard-event")
-        self.ready = threading.Event()  # set once the consumer has joined its group and has partitions
+        self.ready = threading.Event()  # set while the consumer is a member of its group (held or not)
+        self.last_tick = time.monotonic()  # the loop's heartbeat, for /healthz
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def stop(self) -> None:
         self.stop_event.set()
 
+    @property
+    def stalled_after(self) -> float:
+        """Seconds without a loop tick after which the worker counts as hung: the longest the loop may block
+        (a rebalance it waits in), beyond which the group would evict the member anyway."""
+        return self.s.kafka_max_poll_interval_ms / 1000
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.last_tick < self.stalled_after
+
     def run(self) -> None:
         """Block until `stop()` (or SIGTERM in the CLI); then drain within the grace period and leave."""
+        EVENTS_DEAD_LETTERED.labels(reason="internal_error")  # the series exists (at 0) for the alert
+        self.health.start()
         delay = self.s.worker_retry_backoff_seconds
         while not self._connect():
+            self.last_tick = time.monotonic()
             if self.stop_event.wait(delay):
                 self._pool.shutdown(wait=False)
+                self.handler.close()
                 return
             delay = min(delay * 2, self.s.worker_retry_backoff_max_seconds)
         assert self._consumer is not None
@@ -136,6 +159,7 @@ class Worker:
         assert self._consumer is not None
         delay = self.s.worker_retry_backoff_seconds
         while not self.stop_event.is_set():
+            self.last_tick = time.monotonic()
             try:
                 if self._consumer.partitions_for_topic(self.s.kafka_uploads_topic):
                     return
@@ -146,7 +170,8 @@ class Worker:
             delay = min(delay * 2, self.s.worker_retry_backoff_max_seconds)
 
     def _connect(self) -> bool:
-        """Create the producer and consumer; False while no broker answers (the caller retries)."""
+        """Create the producer and consumer; False while no broker answers (the caller retries). Each try
+        waits at most 5 s for a broker, so a worker started before Kafka still stops promptly on SIGTERM."""
         s = self.s
         servers = s.kafka_bootstrap_servers.split(",")
         try:
@@ -157,6 +182,7 @@ class Worker:
                 enable_idempotence=True,
                 linger_ms=5,
                 request_timeout_ms=s.kafka_request_timeout_ms,
+                bootstrap_timeout_ms=_BOOTSTRAP_MS,
             )
             self._consumer = KafkaConsumer(
                 bootstrap_servers=servers,
@@ -169,6 +195,7 @@ class Worker:
                 session_timeout_ms=s.kafka_session_timeout_ms,
                 heartbeat_interval_ms=max(500, s.kafka_session_timeout_ms // 4),
                 request_timeout_ms=max(s.kafka_request_timeout_ms, s.kafka_session_timeout_ms + 5000),
+                bootstrap_timeout_ms=_BOOTSTRAP_MS,
             )
         except KafkaError as exc:
             log.warning("worker: Kafka at %s unavailable (%s); retrying", s.kafka_bootstrap_servers, exc)
@@ -177,6 +204,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         log.info("worker: stopping; %d events in flight", self._in_flight)
+        self.ready.clear()
         self._drain(set(self._parts), self.s.worker_shutdown_grace_seconds)
         self._commit()
         for part in self._parts.values():
@@ -193,6 +221,7 @@ class Worker:
 
     def _step(self, poll_ms: int) -> None:
         assert self._consumer is not None
+        self.last_tick = time.monotonic()
         self._collect(block=False)
         self._apply_rebalances()
         self._commit()
@@ -232,7 +261,7 @@ class Worker:
     def _process(self, part: _Partition, key: bytes, record: Any) -> None:
         """Worker thread: decide, then produce and wait for the broker's acknowledgement."""
         started = time.monotonic()
-        outcome: Outcome | None
+        outcome: Emission | None
         try:
             outcome = self.handler.handle(record.value, self.stop_event)
         except InterruptedError:
@@ -240,7 +269,7 @@ class Worker:
         except Exception as exc:  # a bug must neither kill the loop nor block the partition
             log.exception("worker: event at %s/%d failed unexpectedly", part.tp, record.offset)
             message = f"unexpected {type(exc).__name__}: {exc}"
-            outcome = self.handler.dead_letter(record.value, record.key, "internal_error", message)
+            outcome = self.handler.dead_letter(record.value, record.key, classify(exc), message)
         if outcome is not None:
             try:
                 self._produce(record, outcome)
@@ -248,17 +277,18 @@ class Worker:
                 outcome = None  # stopping: left uncommitted, so it is redelivered
         self._completions.put(_Done(part, record, key, outcome, started))
 
-    def _produce(self, record: Any, outcome: Outcome) -> None:
+    def _produce(self, record: Any, outcome: Emission) -> None:
         """Send until acknowledged: a broker outage only delays the event, never loses it."""
         assert self._producer is not None
         s = self.s
         incoming = dict(record.headers or [])
         trace = incoming.get("trace_id") or uuid.uuid4().hex.encode()
+        key = outcome.key
         if outcome.kind == "flag":
             topic = s.kafka_flags_topic
             headers = [("schema_version", str(SCHEMA_VERSION).encode()), ("trace_id", trace)]
-        else:
-            topic = s.kafka_dlq_topic
+        else:  # the original key, value and headers: `dfguard dlq replay` re-publishes the record as it was
+            topic, key = s.kafka_dlq_topic, record.key
             headers = [
                 *list(record.headers or []),
                 *outcome.headers,
@@ -269,7 +299,7 @@ class Worker:
         delay = s.worker_retry_backoff_seconds
         while True:
             try:
-                self._producer.send(topic, key=outcome.key, value=outcome.value, headers=headers).get(
+                self._producer.send(topic, key=key, value=outcome.value, headers=headers).get(
                     timeout=s.kafka_request_timeout_ms / 1000 * 2
                 )
                 return
@@ -344,13 +374,19 @@ class Worker:
         return sum(p.buffered for p in self._parts.values())
 
     def _flow_control(self) -> None:
+        """Pause the partitions while the buffer is full or the worker is held; resume when neither."""
         assert self._consumer is not None
         limit = self.s.worker_concurrency + self.s.kafka_max_poll_records
+        if self._buffered >= limit:
+            self._full = True
+        elif self._buffered < limit // 2 + 1:
+            self._full = False
+        pause = self._full or self.health.held
         assigned = list(self._parts)
-        if not self._paused and self._buffered >= limit:
+        if pause and not self._paused:
             self._consumer.pause(*assigned)
             self._paused = True
-        elif self._paused and self._buffered < limit // 2 + 1:
+        elif not pause and self._paused:
             self._consumer.resume(*assigned)
             self._paused = False
 
@@ -379,7 +415,7 @@ class Worker:
         self._handing_over.clear()
         if self._paused and self._consumer is not None:
             self._consumer.resume(*assigned)
-            self._paused = False
+            self._paused = False  # the next step pauses them all again if still full or held
         log.info("worker: assigned %s", sorted(str(tp.partition) for tp in assigned))
         self._next_lag = 0.0
         self.ready.set()
@@ -406,6 +442,8 @@ class Worker:
                 self._handing_over[tp] = part
             else:  # membership lost: another member may own it already
                 self._drop(part)
+        if not commit:
+            self.ready.clear()  # not a member until the next assignment
 
     def _drop(self, part: _Partition) -> None:
         """Stop tracking a partition that is no longer ours; completions for it are ignored from now on."""
