@@ -1,13 +1,17 @@
 """`python -m bench.backbones --json`: what each pretrained backbone costs to train and to serve on this CPU.
 
 For every backbone of `training.backbones` (and today's `mobilenetv3_small_100` for reference), at each input
-size, with no block frozen and with the first half of the blocks frozen:
-* training throughput, images/s: batches of 32 uint8 crops through `Classifier.forward_logits`, BCE loss,
-  backward and an AdamW step, torch with `--threads` threads; after `--warmup` steps, `--steps` timed steps,
-  measured `--repeats` times (the machine is shared: the spread between repeats is the noise);
-* serving: the classifier exported to ONNX (opset 17, the service's exporter), ONNX Runtime with `--threads`
-  threads, ms per crop on batches of 32 (median of `--runs` runs after one warm-up), and the file size;
+size (plus the native one when it is a crop size, <= 224 px), with no block frozen and with the first half of
+the blocks frozen:
+* training throughput: batches of 32 uint8 crops through `Classifier.forward_logits`, BCE loss, backward and
+  an AdamW step, with torch on each of `--threads` (default 2 and 1); images per second of wall time and per
+  second of process CPU time (less sensitive to other load on a shared machine);
+* serving: the classifier exported to ONNX (opset 17, the service's exporter) and run by ONNX Runtime with
+  the same thread counts, ms per crop on batches of 32, and the file size;
 * parameters, total and trainable.
+Configurations are measured interleaved, round after round (`--repeats`), so drift in the machine's speed
+hits them alike; medians are reported with every round's figure. The load average before and after is
+recorded: on the shared 2-core machine, other processes can slow 2-thread runs far more than 1-thread runs.
 Weights are the converted ones when `.cache/pretrained/<model>.pt` exists (speed does not depend on them).
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,122 +42,150 @@ WEIGHTS = {
 BASELINE = "mobilenetv3_small_100"
 
 
-def _classifier(arch: str, freeze_half: bool, weights_dir: Path) -> tuple[Any, int]:
-    from training.backbones import ARCHS
-    from training.model import build_classifier
+class _Config:
+    """One (arch, size, frozen) point: its model, optimiser and batch, kept across rounds."""
 
-    if arch not in ARCHS:
-        return build_classifier(arch), 0
-    blocks = len(ARCHS[arch].build(0.0).blocks)
-    freeze = blocks // 2 if freeze_half else 0
-    path = weights_dir / f"{WEIGHTS[arch]}.pt"
-    return build_classifier(arch, weights=path if path.exists() else None, freeze_blocks=freeze), freeze
+    def __init__(
+        self, arch: str, size: int, native: int, freeze_half: bool, batch: int, weights: Path
+    ) -> None:
+        import torch
 
+        from training.backbones import ARCHS
+        from training.model import build_classifier
 
-def _train_rates(model: Any, size: int, batch: int, warmup: int, steps: int, repeats: int) -> list[float]:
-    import torch
-    import torch.nn.functional as F
+        self.arch, self.size, self.native = arch, size, native
+        blocks = len(ARCHS[arch].build(0.0).blocks) if arch in ARCHS else None
+        self.blocks = blocks
+        self.frozen = blocks // 2 if blocks and freeze_half else 0
+        path = weights / f"{WEIGHTS.get(arch, '')}.pt"
+        kwargs: dict[str, Any] = {"freeze_blocks": self.frozen}
+        if arch in ARCHS and path.exists():
+            kwargs["weights"] = path
+        self.model = build_classifier(arch, **kwargs) if arch in ARCHS else build_classifier(arch)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=1e-4)
+        rng = np.random.default_rng(0)
+        self.x = torch.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+        self.y = torch.tensor([0.0, 1.0]).repeat(batch // 2)
+        self.train_wall: dict[int, list[float]] = {}
+        self.train_cpu: dict[int, list[float]] = {}
+        self.onnx_ms: dict[int, list[float]] = {}
+        self.onnx_bytes = 0
 
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
-    y = torch.tensor([0.0, 1.0]).repeat(batch // 2)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
+    def step(self) -> None:
+        import torch.nn.functional as F
 
-    def step() -> None:
-        loss = F.binary_cross_entropy_with_logits(model.forward_logits(x), y)
-        opt.zero_grad(set_to_none=True)
+        self.model.train()
+        loss = F.binary_cross_entropy_with_logits(self.model.forward_logits(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
+        self.opt.step()
 
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(round(batch * steps / (time.perf_counter() - t0), 2))
-    return rates
+    def row(self) -> dict[str, Any]:
+        params = list(self.model.parameters())
 
+        def med(d: dict[int, list[float]]) -> dict[str, float]:
+            return {str(t): round(statistics.median(v), 2) for t, v in d.items()}
 
-def _onnx(model: Any, size: int, batch: int, runs: int, threads: int) -> tuple[list[float], int]:
-    from service.faces.detector import ort_session
-    from service.models.export import export_onnx
-
-    rng = np.random.default_rng(1)
-    crops = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    with tempfile.TemporaryDirectory(prefix="bench-backbones-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, size, path)
-        session = ort_session(path, threads)
-        session.run(["output"], {"input": crops})
-        per_crop = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            session.run(["output"], {"input": crops})
-            per_crop.append(round((time.perf_counter() - t0) * 1000 / batch, 3))
-        return per_crop, path.stat().st_size
+        return {
+            "arch": self.arch,
+            "size": self.size,
+            "native": self.size == self.native,
+            "frozen_blocks": self.frozen,
+            "blocks": self.blocks,
+            "params": sum(p.numel() for p in params),
+            "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+            "train_img_per_s": med(self.train_wall),
+            "train_img_per_cpu_s": med(self.train_cpu),
+            "onnx_ms_per_crop": {str(t): round(statistics.median(v), 3) for t, v in self.onnx_ms.items()},
+            "rounds": {
+                "train_img_per_s": {str(t): v for t, v in self.train_wall.items()},
+                "train_img_per_cpu_s": {str(t): v for t, v in self.train_cpu.items()},
+                "onnx_ms_per_crop": {str(t): v for t, v in self.onnx_ms.items()},
+            },
+            "onnx_bytes": self.onnx_bytes,
+        }
 
 
 def run(
     archs: list[str],
     sizes: list[int],
     *,
-    threads: int = 2,
+    threads: tuple[int, ...] = (2, 1),
     batch: int = 32,
-    warmup: int = 2,
-    steps: int = 4,
-    repeats: int = 2,
-    runs: int = 5,
+    steps: int = 2,
+    repeats: int = 3,
+    runs: int = 3,
     weights_dir: Path = Path(".cache/pretrained"),
     progress: bool = True,
 ) -> dict[str, Any]:
     import torch
 
+    from service.faces.detector import ort_session
+    from service.models.export import export_onnx
     from training.backbones import ARCHS
 
-    torch.set_num_threads(threads)
-    results = []
+    load_before = os.getloadavg()
+    configs = []
     for arch in archs:
         native = ARCHS[arch].native_size if arch in ARCHS else 224
-        for size in sorted({*sizes, native}):
+        for size in sorted({*sizes, *([native] if native <= 224 else [])}):
             for freeze_half in (False, True) if arch in ARCHS else (False,):
-                model, frozen = _classifier(arch, freeze_half, weights_dir)
-                rates = _train_rates(model, size, batch, warmup, steps, repeats)
-                ms, onnx_bytes = _onnx(model, size, batch, runs, threads)
-                row = {
-                    "arch": arch,
-                    "size": size,
-                    "native": size == native,
-                    "frozen_blocks": frozen,
-                    "blocks": len(model.backbone.blocks) if arch in ARCHS else None,
-                    "params": sum(p.numel() for p in model.parameters()),
-                    "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                    "train_img_per_s": rates,
-                    "train_img_per_s_median": statistics.median(rates),
-                    "onnx_ms_per_crop": statistics.median(ms),
-                    "onnx_ms_per_crop_runs": ms,
-                    "onnx_bytes": onnx_bytes,
-                }
-                results.append(row)
-                if progress:
-                    print(json.dumps(row), file=sys.stderr, flush=True)
+                configs.append(_Config(arch, size, native, freeze_half, batch, weights_dir))
+    for n in threads:  # warm-up: allocator, oneDNN primitives, AdamW state
+        torch.set_num_threads(n)
+        for c in configs:
+            c.step()
+    for r in range(repeats):
+        for n in threads:
+            torch.set_num_threads(n)
+            for c in configs:
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(steps):
+                    c.step()
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                c.train_wall.setdefault(n, []).append(round(batch * steps / wall, 2))
+                c.train_cpu.setdefault(n, []).append(round(batch * steps / cpu, 2))
+        if progress:
+            print(f"training round {r + 1}/{repeats} done", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-backbones-") as tmp:
+        sessions = []
+        crops = []
+        for i, c in enumerate(configs):
+            path = Path(tmp) / f"{i}.onnx"
+            export_onnx(c.model, c.size, path)
+            c.onnx_bytes = path.stat().st_size
+            sessions.append({n: ort_session(path, n) for n in threads})
+            crops.append(
+                np.random.default_rng(1).integers(0, 256, (batch, c.size, c.size, 3), dtype=np.uint8)
+            )
+            for s in sessions[-1].values():
+                s.run(["output"], {"input": crops[-1]})
+        for _ in range(runs):
+            for n in threads:
+                for c, s, x in zip(configs, sessions, crops, strict=True):
+                    t0 = time.perf_counter()
+                    s[n].run(["output"], {"input": x})
+                    c.onnx_ms.setdefault(n, []).append(round((time.perf_counter() - t0) * 1000 / batch, 3))
     return {
-        "results": results,
+        "results": [c.row() for c in configs],
         "parameters": {
             "archs": archs,
             "sizes": sizes,
-            "threads": threads,
+            "threads": list(threads),
             "batch": batch,
-            "warmup_steps": warmup,
-            "timed_steps": steps,
-            "repeats": repeats,
+            "timed_steps_per_round": steps,
+            "rounds": repeats,
             "onnx_runs": runs,
             "optimizer": "AdamW",
             "weights": {a: WEIGHTS.get(a, "random") for a in archs},
         },
-        "platform": platform_info() | {"torch": torch.__version__},
+        "platform": platform_info()
+        | {
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
     }
 
 
@@ -160,16 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=[*WEIGHTS, BASELINE])
     parser.add_argument("--sizes", nargs="+", type=int, default=[112, 128, 160])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", nargs="+", type=int, default=[2, 1])
+    parser.add_argument(
+        "--steps", type=int, default=2, help="timed training steps per configuration and round"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--runs", type=int, default=3, help="ONNX Runtime batches per configuration")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     result = run(
         args.archs,
         args.sizes,
-        threads=args.threads,
+        threads=tuple(args.threads),
         steps=args.steps,
         repeats=args.repeats,
         runs=args.runs,

@@ -275,6 +275,13 @@ def _scalar(value: npt.NDArray[np.float32] | None) -> float | None:
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
+def _only_consumer(graph: TfjsGraph, name: str) -> Node:
+    users = graph.consumers(name)
+    if len(users) != 1:
+        raise TfjsFormatError(f"{name}: expected one consumer, found {len(users)}")
+    return users[0]
+
+
 def _prelu_after(graph: TfjsGraph, name: str) -> tuple[npt.NDArray[np.float32], str] | None:
     """PReLU written out in elementwise ops, reading `name`; returns (alpha, output node) or None.
 
@@ -287,7 +294,7 @@ def _prelu_after(graph: TfjsGraph, name: str) -> tuple[npt.NDArray[np.float32], 
         # relu(x) + m * (x - |x|); with the Relu fused into the producer, the Add reads x itself
         relu = next((u.name for u in users if u.op == "Relu"), name)
         sub = next(u for u in users if u.op == "Sub")
-        (mul,) = graph.consumers(sub.name)
+        mul = _only_consumer(graph, sub.name)
         m = _other_const(graph, mul, sub.name)
         adds = graph.consumers(mul.name)
         if mul.op != "Mul" or m is None or len(adds) != 1 or set(adds[0].inputs) != {relu, mul.name}:
@@ -300,9 +307,9 @@ def _prelu_after(graph: TfjsGraph, name: str) -> tuple[npt.NDArray[np.float32], 
         mn = next(u for u in users if u.op == "Minimum")
         if _scalar(_other_const(graph, mx, name)) != 0.0 or _scalar(_other_const(graph, mn, name)) != 0.0:
             return None
-        (mul,) = graph.consumers(mn.name)
+        mul = _only_consumer(graph, mn.name)
         g = _other_const(graph, mul, mn.name)
-        (add,) = graph.consumers(mul.name)
+        add = _only_consumer(graph, mul.name)
         if (
             mul.op != "Mul"
             or g is None
@@ -423,7 +430,7 @@ def _read_unit(graph: TfjsGraph, node: Node) -> ConvUnit:
             after = graph.consumers(out)
             if len(after) == 1 and after[0].op == "Minimum":
                 top = _scalar(_other_const(graph, after[0], out))
-                (floor,) = graph.consumers(after[0].name)
+                floor = _only_consumer(graph, after[0].name)
                 if (
                     top == 6.0
                     and floor.op == "Maximum"
