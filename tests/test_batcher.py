@@ -141,3 +141,31 @@ def test_calls_for_different_models_are_not_merged() -> None:
     assert _calls(a.name) - before == 2  # a one-model call and an ensemble call never share a backend call
     assert batcher.predict_many({a.name: np.empty((0, 224, 224, 3), np.uint8)})[a.name].shape == (0,)
     batcher.close()
+
+
+def test_closing_while_callers_race_never_leaves_a_caller_waiting() -> None:
+    """Callers that race `close()` either get their scores or `BackendUnavailable`: none waits for ever (a
+    call queued behind the stop mark used to hang its thread, and the process at exit)."""
+    crops = np.zeros((2, 224, 224, 3), np.uint8)
+    outcomes: list[str] = []
+    for _ in range(5):
+        batcher = MicroBatchingBackend(OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=1), max_wait_ms=2)
+        start = threading.Barrier(9)
+
+        def call(b: MicroBatchingBackend = batcher, go: threading.Barrier = start) -> None:
+            go.wait()
+            try:
+                b.predict("dfguard-untrained-mini", crops)
+                outcomes.append("scored")
+            except BackendUnavailable:
+                outcomes.append("unavailable")
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        start.wait()
+        batcher.close()
+        for t in threads:
+            t.join(timeout=30)
+            assert not t.is_alive(), "a caller is still waiting after close()"
+    assert len(outcomes) == 40 and set(outcomes) <= {"scored", "unavailable"}

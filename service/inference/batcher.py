@@ -53,6 +53,8 @@ class MicroBatchingBackend:
         self.max_wait = max_wait_ms / 1000
         self._queue: queue.Queue[_Call | None] = queue.Queue()
         self._held: _Call | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # orders "closed" against enqueueing: no call lands after the stop mark
         self._thread = threading.Thread(target=self._run, name="dfguard-batcher", daemon=True)
         self._thread.start()
 
@@ -69,18 +71,37 @@ class MicroBatchingBackend:
     def predict_many(self, crops_by_model: Mapping[str, npt.NDArray[np.uint8]]) -> Scores:
         if not crops_by_model or all(len(c) == 0 for c in crops_by_model.values()):
             return {name: np.empty(0, dtype=np.float32) for name in crops_by_model}
-        if not self._thread.is_alive():
-            raise BackendUnavailable("the micro-batcher is stopped")
         call = _Call(dict(crops_by_model))
-        self._queue.put(call)
+        with self._lock:
+            if self._closed or not self._thread.is_alive():
+                raise BackendUnavailable("the micro-batcher is stopped")
+            self._queue.put(call)
         return call.future.result()
 
     def close(self) -> None:
         """Stop batching (calls already queued are still served, later ones get `BackendUnavailable`), then
-        close the wrapped backend."""
-        self._queue.put(None)
+        close the wrapped backend. A call still queued when the batching thread is gone (it outlived the
+        join) fails rather than waiting for ever."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout=5)
         self.inner.close()
+        if not self._thread.is_alive():
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        stopped = BackendUnavailable("the micro-batcher is stopped")
+        left = [self._held] if self._held is not None else []
+        self._held = None
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for call in left:
+            if call is not None and not call.future.done():
+                call.future.set_exception(stopped)
 
     def _next(self, timeout: float | None) -> _Call | None:
         if self._held is not None:
@@ -114,12 +135,12 @@ class MicroBatchingBackend:
             self._execute(batch)
 
     def _execute(self, batch: list[_Call]) -> None:
-        if len(batch) == 1:
-            merged = batch[0].crops
-        else:
-            merged = {m: np.concatenate([c.crops[m] for c in batch]) for m in batch[0].key}
         started = time.perf_counter()
-        try:
+        try:  # everything that can fail, inside: the batching thread must outlive any one bad call
+            if len(batch) == 1:
+                merged = batch[0].crops
+            else:
+                merged = {m: np.concatenate([c.crops[m] for c in batch]) for m in batch[0].key}
             scores = self.inner.predict_many(merged)
         except BaseException as exc:  # noqa: BLE001 - every caller in the batch gets the failure
             for c in batch:
