@@ -228,26 +228,45 @@ class MobileNetV3Block(nn.Module):
         return out + x if self.residual else out
 
 
+HeadNorm = Literal["batch", "layer"]
+
+
 class TfjsBackbone(nn.Module):
-    """Feature blocks -> global average pooling -> batch norm -> dropout -> one logit (zero-initialised:
+    """Feature blocks -> global average pooling -> normalisation -> dropout -> one logit (zero-initialised:
     p = 0.5 at start).
 
     The pooled features of these networks are small and sparse (faceres: mean 0.04, mostly zeros after
     ReLU6): a linear head on them moves its logit by about lr x |features| per step, so it barely learned in
-    200 steps. The batch norm gives the head unit-scale inputs (and folds into the head in the export).
-    `freeze(n)` stops gradients into the first n blocks and keeps them in eval mode through `train()`.
+    200 steps. A normalisation gives the head unit-scale inputs. `batch` (batch norm) learned, but its
+    running variance of channels that are almost always zero is tiny, so in eval mode a rare activation
+    there became a huge logit (validation log loss jumped to ln(1e7)/2: saturated outputs); `layer` (layer
+    norm over the channels of each crop) has no running statistics and behaves the same in training and
+    serving. `freeze(n)` stops gradients into the first n blocks and keeps them in eval mode through
+    `train()`.
     """
 
-    def __init__(self, blocks: list[nn.Module], num_features: int, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        blocks: list[nn.Module],
+        num_features: int,
+        drop_rate: float = 0.0,
+        head_norm: HeadNorm = "batch",
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.num_features = num_features
-        self.norm = nn.BatchNorm1d(num_features)
+        self.norm: nn.Module = (
+            nn.BatchNorm1d(num_features) if head_norm == "batch" else nn.LayerNorm(num_features)
+        )
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(num_features, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.frozen = 0
+
+    def use_head_norm(self, kind: HeadNorm) -> None:
+        """Replace the (fresh) head normalisation: `batch` or `layer` (see the class docstring)."""
+        self.norm = nn.BatchNorm1d(self.num_features) if kind == "batch" else nn.LayerNorm(self.num_features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

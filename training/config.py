@@ -29,6 +29,9 @@ class TrainConfig(BaseModel):
         ge=0,
         description="Pretrained archs: the first N feature blocks get no gradient and stay in eval mode.",
     )
+    head_norm: Literal["batch", "layer"] = Field(
+        "batch", description="Pretrained archs: normalisation of the pooled features before the head."
+    )
     data_root: Path = Path(".cache/training")
     out: Path = Path(".cache/training/runs/default")
     steps: int = Field(4000, ge=1)

@@ -42,7 +42,9 @@ def export_run(
     """
     cfg = TrainConfig.model_validate_json((run / "config.json").read_text())
     state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    model = build_classifier(cfg.arch, drop_rate=cfg.drop_rate, freeze_blocks=cfg.freeze_blocks)
+    model = build_classifier(
+        cfg.arch, drop_rate=cfg.drop_rate, freeze_blocks=cfg.freeze_blocks, head_norm=cfg.head_norm
+    )
     model.load_state_dict(state["model"])
     model.eval()
     temperature = 1.0

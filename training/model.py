@@ -14,7 +14,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from training.backbones import ARCHS, TfjsBackbone
+from training.backbones import ARCHS, HeadNorm, TfjsBackbone
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Classifier", "build_classifier", "load_backbone_weights"]
 
@@ -65,7 +65,12 @@ def load_backbone_weights(backbone: TfjsBackbone, arch: str, weights: Path) -> N
 
 
 def build_classifier(
-    arch: str, *, drop_rate: float = 0.2, weights: Path | None = None, freeze_blocks: int = 0
+    arch: str,
+    *,
+    drop_rate: float = 0.2,
+    weights: Path | None = None,
+    freeze_blocks: int = 0,
+    head_norm: HeadNorm = "batch",
 ) -> Classifier:
     """A classifier with one output on backbone `arch`.
 
@@ -78,6 +83,7 @@ def build_classifier(
     if arch in ARCHS:
         spec = ARCHS[arch]
         net = spec.build(drop_rate)
+        net.use_head_norm(head_norm)
         if weights is not None:
             load_backbone_weights(net, arch, weights)
         net.freeze(freeze_blocks)

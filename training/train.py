@@ -89,7 +89,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, unti
     dataset = PairDataset([load_face(cfg.data_root, r, 200) for r in records], spec, seed=cfg.seed)
     val_x, val_y = val_set(cfg, spec)
     model = build_classifier(
-        cfg.arch, drop_rate=cfg.drop_rate, weights=cfg.weights, freeze_blocks=cfg.freeze_blocks
+        cfg.arch,
+        drop_rate=cfg.drop_rate,
+        weights=cfg.weights,
+        freeze_blocks=cfg.freeze_blocks,
+        head_norm=cfg.head_norm,
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)

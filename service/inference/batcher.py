@@ -92,7 +92,7 @@ class MicroBatchingBackend:
 
     def _fail_queued(self) -> None:
         stopped = BackendUnavailable("the micro-batcher is stopped")
-        left = [self._held] if self._held is not None else []
+        left: list[_Call | None] = [self._held] if self._held is not None else []
         self._held = None
         while True:
             try:
