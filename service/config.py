@@ -205,6 +205,12 @@ class Settings(BaseSettings):
     worker_shutdown_grace_seconds: float = Field(
         60.0, gt=0, description="On SIGTERM or a rebalance, how long in-flight events may finish."
     )
+    worker_rebalance_stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A revocation not followed by an assignment within this long renews the subscription "
+        "(a stalled rejoin would leave the worker idle in its group).",
+    )
     worker_lag_interval_seconds: float = Field(
         0.25, gt=0, description="How often the lag gauge is refreshed (one end-offsets request)."
     )

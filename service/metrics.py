@@ -25,6 +25,7 @@ __all__ = [
     "IN_FLIGHT",
     "MODEL_INFO",
     "QUEUE_DEPTH",
+    "REBALANCE_STALLS",
     "REQUESTS",
     "REQUEST_DURATION",
     "STAGE_DURATION",
@@ -115,6 +116,10 @@ DEPENDENCY_UP = Gauge(
 WORKER_HELD_SINCE = Gauge(
     "dfguard_worker_held_since_timestamp_seconds",
     "Unix time since which this worker holds (a dependency probe fails); 0 while it is not held.",
+)
+REBALANCE_STALLS = Counter(
+    "dfguard_worker_rebalance_stalls_total",
+    "Rebalances that revoked this worker's partitions and assigned none in time (subscription renewed).",
 )
 DEDUP_LOOKUPS = Counter("dfguard_dedup_lookups_total", "Repost/near-duplicate lookups before scoring.")
 DEDUP_HITS = Counter("dfguard_dedup_hits_total", "Lookups answered from a stored verdict, by kind.", ["kind"])

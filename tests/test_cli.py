@@ -133,19 +133,19 @@ def test_invalid_settings_are_an_internal_error_not_a_traceback(face_clip: Path)
 
 
 def test_db_upgrade_and_current(tmp_path: Path) -> None:
-    from sqlalchemy import create_engine
+    from devtools.records import make_legacy_database
+    from service.store import migrate
 
-    from service.store.tables import Base
-
+    head = migrate.head()
     fresh = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
     proc = _run("db", "current", "--url", fresh)
-    assert proc.returncode == 3 and "no revision (head is 0001)" in proc.stdout, proc
+    assert proc.returncode == 3 and f"no revision (head is {head})" in proc.stdout, proc
     proc = _run("db", "upgrade", "--url", fresh)
-    assert proc.returncode == 0 and proc.stdout.endswith("empty -> 0001 (head)\n"), proc
+    assert proc.returncode == 0 and proc.stdout.endswith(f"empty -> {head} (head)\n"), proc
     proc = _run("db", "current", "--url", fresh)
-    assert proc.returncode == 0 and proc.stdout.endswith(": 0001 (head)\n"), proc
+    assert proc.returncode == 0 and proc.stdout.endswith(f": {head} (head)\n"), proc
     legacy = f"sqlite:///{tmp_path / 'legacy.sqlite3'}"
-    Base.metadata.create_all(create_engine(legacy))  # made before migrations existed
+    make_legacy_database(legacy).dispose()  # made before migrations existed
     proc = _run("db", "upgrade", "--url", legacy)
     assert proc.returncode == 0 and "adopted as 0001" in proc.stdout, proc
     proc = _run("db", "upgrade", env={"DFG_DATABASE_URL": "postgresql+psycopg://u:pw@127.0.0.1:1/db"})

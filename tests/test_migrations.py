@@ -20,48 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from devtools.postgres_server import PostgresServer
-from devtools.records import new_decision
+from devtools.records import make_legacy_database, new_decision
 from service.fingerprint import to_signed
 from service.store import DecisionStore, NewDecision, SchemaNotCurrent, migrate
 from service.store.decisions import engine_for
 from service.store.tables import Base, DecisionRow, FrameHashRow
 
 NewDatabase = Callable[[], str]
-
-# What `Base.metadata.create_all` emitted before migrations existed (commit 34d8bea), per dialect: the
-# databases in the field were made by exactly this.
-_CREATE_ALL_DDL = {
-    "sqlite": [
-        """CREATE TABLE decisions (
-            id INTEGER NOT NULL, tenant VARCHAR(64) NOT NULL, video_id VARCHAR(256) NOT NULL,
-            decision VARCHAR(16) NOT NULL, score FLOAT, reasons JSON NOT NULL, origin VARCHAR(16) NOT NULL,
-            model_name VARCHAR(128) NOT NULL, model_version VARCHAR(128) NOT NULL,
-            review_threshold FLOAT NOT NULL, flag_threshold FLOAT NOT NULL, aggregation VARCHAR(32) NOT NULL,
-            sha256 VARCHAR(64), source_event_id VARCHAR(128) NOT NULL, flag_event_id VARCHAR(64) NOT NULL,
-            timings_ms JSON NOT NULL, flag_event TEXT NOT NULL, decided_at DATETIME NOT NULL,
-            PRIMARY KEY (id), CONSTRAINT uq_decisions_tenant_video UNIQUE (tenant, video_id))""",
-        "CREATE INDEX ix_decisions_sha256_origin ON decisions (sha256, origin)",
-        """CREATE TABLE frame_hashes (
-            id INTEGER NOT NULL, decision_id INTEGER NOT NULL, flagged BOOLEAN NOT NULL, hash BIGINT NOT NULL,
-            PRIMARY KEY (id), FOREIGN KEY(decision_id) REFERENCES decisions (id) ON DELETE CASCADE)""",
-        "CREATE INDEX ix_frame_hashes_flagged_id ON frame_hashes (flagged, id)",
-    ],
-    "postgresql": [
-        """CREATE TABLE decisions (
-            id SERIAL NOT NULL, tenant VARCHAR(64) NOT NULL, video_id VARCHAR(256) NOT NULL,
-            decision VARCHAR(16) NOT NULL, score FLOAT, reasons JSON NOT NULL, origin VARCHAR(16) NOT NULL,
-            model_name VARCHAR(128) NOT NULL, model_version VARCHAR(128) NOT NULL,
-            review_threshold FLOAT NOT NULL, flag_threshold FLOAT NOT NULL, aggregation VARCHAR(32) NOT NULL,
-            sha256 VARCHAR(64), source_event_id VARCHAR(128) NOT NULL, flag_event_id VARCHAR(64) NOT NULL,
-            timings_ms JSON NOT NULL, flag_event TEXT NOT NULL, decided_at TIMESTAMP WITH TIME ZONE NOT NULL,
-            PRIMARY KEY (id), CONSTRAINT uq_decisions_tenant_video UNIQUE (tenant, video_id))""",
-        "CREATE INDEX ix_decisions_sha256_origin ON decisions (sha256, origin)",
-        """CREATE TABLE frame_hashes (
-            id SERIAL NOT NULL, decision_id INTEGER NOT NULL, flagged BOOLEAN NOT NULL, hash BIGINT NOT NULL,
-            PRIMARY KEY (id), FOREIGN KEY(decision_id) REFERENCES decisions (id) ON DELETE CASCADE)""",
-        "CREATE INDEX ix_frame_hashes_flagged_id ON frame_hashes (flagged, id)",
-    ],
-}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -134,17 +99,8 @@ def _legacy_put(conn: Connection, new: NewDecision) -> int:
     return row_id
 
 
-def _legacy(url: str) -> Engine:
-    """A database as the store made it before migrations: `create_all`'s DDL, verbatim."""
-    engine = engine_for(url)
-    with engine.begin() as conn:
-        for statement in _CREATE_ALL_DDL[conn.dialect.name]:
-            conn.exec_driver_sql(statement)
-    return engine
-
-
 def test_the_baseline_revision_is_the_schema_create_all_made(new_database: NewDatabase) -> None:
-    made, migrated = _legacy(new_database()), engine_for(new_database())
+    made, migrated = make_legacy_database(new_database()), engine_for(new_database())
     result = migrate.upgrade(migrated, migrate.BASELINE)
     assert result == migrate.Migration(before=None, after=migrate.BASELINE, stamped_legacy=False)
     assert _schema(migrated) == _schema(made)
@@ -167,7 +123,7 @@ def test_the_models_match_the_migrations(new_database: NewDatabase) -> None:
 
 def test_a_create_all_database_with_data_upgrades_in_place(new_database: NewDatabase) -> None:
     url = new_database()
-    legacy = _legacy(url)
+    legacy = make_legacy_database(url)
     hashes = (1 << 62, 12345, (1 << 63) + 7, 99)  # one past the signed range: stored negative
     with legacy.begin() as conn:
         old_flag = _legacy_put(conn, new_decision("old-1", decision="flag", hashes=hashes, sha="01" * 32))

@@ -141,9 +141,7 @@ def test_upload_event_becomes_a_stored_flag_event_with_headers(
     stored = DecisionStore(s.database_url).get("acme", "vid-1")
     assert stored is not None and stored.flag_event_json == record.value
     assert stored.record.origin == "scored" and stored.record.sha256 == file_sha256(media_root / "a.mp4")
-    assert stored.record.thresholds == UsedThresholds(
-        review=pipeline.thresholds.review, flag=pipeline.thresholds.flag
-    )
+    assert stored.record.thresholds == pipeline.used_thresholds
     committed, end = committed_and_end(kafka.bootstrap, topics.group, topics.uploads)
     assert committed == end, "the offset is committed once the flag is acknowledged"
 
@@ -537,6 +535,38 @@ class _GatedHandler(EventHandler):
     def handle(self, value: bytes | None, stop: threading.Event) -> Any:
         self.gate.wait(60)
         return super().handle(value, stop)
+
+
+def test_a_rebalance_that_never_assigns_is_unstalled_by_a_fresh_join(
+    kafka: KafkaBroker,
+    topics: Topics,
+    producer: Producer,
+    pipeline: Pipeline,
+    media_root: Path,
+    tmp_path: Path,
+) -> None:
+    """kafka-python 3.0 was seen to revoke a worker's partitions in a metadata-triggered rejoin and never
+    assign any again. The revocation is replayed here as the listener reports it (the group itself stays
+    stable, so no assignment follows on its own); the watchdog must renew the subscription, which makes a
+    real new join that assigns the partitions again, and events keep being decided."""
+    s = _settings(kafka, topics, tmp_path, media_root, worker_rebalance_stall_seconds=2.0)
+    stalls = _metric("dfguard_worker_rebalance_stalls_total")
+    with running(build_worker(s, pipeline)) as worker:
+        parts = set(worker._parts)
+        assert parts, "assigned before the stall"
+        deadline = time.monotonic() + 60
+        while _metric("dfguard_worker_rebalance_stalls_total") == stalls and time.monotonic() < deadline:
+            if worker._rebalancing_since is None and worker._rebalances.empty():
+                # (again, if a real rebalance of the young group assigned the partitions meanwhile)
+                worker.ready.clear()
+                worker._rebalances.put(("revoked", parts))
+            time.sleep(0.5)
+        assert _metric("dfguard_worker_rebalance_stalls_total") == stalls + 1
+        assert worker.ready.wait(60), "the renewed subscription got an assignment"
+        assert set(worker._parts) == parts and worker._rebalancing_since is None
+        producer.send(topics.uploads, upload_event("vid-after-stall", file_uri(media_root / "a.mp4")))
+        (record,) = read_topic(kafka.bootstrap, topics.flags, 1)
+    assert record.key == b"vid-after-stall"
 
 
 def test_lag_gauge_equals_the_true_lag_and_drops_to_zero(

@@ -45,6 +45,7 @@ from service.metrics import (
     EVENTS_CONSUMED,
     EVENTS_DEAD_LETTERED,
     EVENTS_PRODUCED,
+    REBALANCE_STALLS,
     WORKER_IN_FLIGHT,
     WORKER_LAST_DECISION,
     WORKER_PROCESSING,
@@ -107,6 +108,7 @@ class Worker:
         self._completions: queue.Queue[_Done] = queue.Queue()
         self._rebalances: queue.Queue[tuple[str, set[TopicPartition]]] = queue.Queue()
         self._handing_over: dict[TopicPartition, _Partition] = {}  # revoked, awaiting the next assignment
+        self._rebalancing_since: float | None = None  # a revocation not yet followed by an assignment
         self._in_flight = 0
         self._paused = False  # the assigned partitions are paused (buffer full, or held)
         self._full = False  # too much buffered: fetch nothing until half of it is done
@@ -224,6 +226,7 @@ class Worker:
         self.last_tick = time.monotonic()
         self._collect(block=False)
         self._apply_rebalances()
+        self._unstall_rebalance()
         self._commit()
         self._flow_control()
         try:
@@ -403,6 +406,28 @@ class Worker:
             else:
                 self._revoke(tps, commit=change == "revoked")
 
+    def _unstall_rebalance(self) -> None:
+        """Rejoin when a rebalance revoked our partitions and never assigned any (kafka-python 3.0 was seen
+        to stall in a metadata-triggered rejoin: the member stays in the group with nothing assigned while
+        the lag grows). After `worker_rebalance_stall_seconds` without an assignment the subscription is
+        renewed, which makes a fresh join; counted in `dfguard_worker_rebalance_stalls_total`."""
+        started = self._rebalancing_since
+        if started is None or self._consumer is None:
+            return
+        if time.monotonic() - started < self.s.worker_rebalance_stall_seconds:
+            return
+        log.warning(
+            "worker: no assignment %.0f s after a revocation; renewing the subscription",
+            time.monotonic() - started,
+        )
+        REBALANCE_STALLS.inc()
+        self._rebalancing_since = time.monotonic()  # the next renewal only after another full wait
+        try:
+            self._consumer.unsubscribe()
+            self._consumer.subscribe([self.s.kafka_uploads_topic], listener=_Rebalance(self))
+        except KafkaError as exc:
+            log.warning("worker: renewing the subscription failed (%s); trying again later", exc)
+
     def _assign(self, assigned: set[TopicPartition]) -> None:
         """Take partitions on; one revoked in the same rebalance and given back keeps its state (its events
         in flight and done), so an eager rebalance that changes nothing for us costs nothing."""
@@ -413,6 +438,7 @@ class Worker:
         for part in self._handing_over.values():  # revoked and not given back: gone for good
             self._drop(part)
         self._handing_over.clear()
+        self._rebalancing_since = None
         if self._paused and self._consumer is not None:
             self._consumer.resume(*assigned)
             self._paused = False  # the next step pauses them all again if still full or held
@@ -434,6 +460,8 @@ class Worker:
         )
         if commit:
             self._commit(revoked)
+        if self._rebalancing_since is None:
+            self._rebalancing_since = time.monotonic()
         for tp in revoked:
             part = self._parts.pop(tp, None)
             if part is None:
