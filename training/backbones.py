@@ -377,6 +377,10 @@ class ArchSpec:
     feature_node: str  # the graph node equal to `forward_features` (what the removed heads read)
     bgr: bool = False  # the graph takes BGR: the converter flips the first conv's input channels
     graph_normalises: bool = False  # the graph starts with Sub/Mul on its input: folded into mean/std here
+    # The graph folded an input scaling into its first conv (weights ~1/stem_scale of the others). Fine-tuning
+    # moves it back to the input (first conv x stem_scale, std x stem_scale: the same function): Adam's steps
+    # are about lr per weight whatever its size, and wiped out those tiny weights (training stayed at ln 2).
+    stem_scale: float = 1.0
     blurb: str = ""
 
 
@@ -416,6 +420,7 @@ ARCHS: dict[str, ArchSpec] = {
         mean=(0.0, 0.0, 0.0),
         std=(1 / 255, 1 / 255, 1 / 255),
         native_size=512,
+        stem_scale=255.0,
         feature_node="tower_0/extern1/hard_swish/mul_1",
         blurb="MobileNetV3-Large 0.75 (COCO detection), 1.7 M parameters, 480 features",
     ),

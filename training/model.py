@@ -86,8 +86,12 @@ def build_classifier(
         net.use_head_norm(head_norm)
         if weights is not None:
             load_backbone_weights(net, arch, weights)
+            if spec.stem_scale != 1.0:  # converted weights only: a trained checkpoint is already rescaled
+                with torch.no_grad():
+                    next(net.conv_layers()).conv.weight.mul_(spec.stem_scale)
         net.freeze(freeze_blocks)
-        return Classifier(net, spec.mean, spec.std)
+        std = tuple(s * spec.stem_scale for s in spec.std)
+        return Classifier(net, spec.mean, std)
     if freeze_blocks:
         raise ValueError(f"freeze_blocks needs a pretrained arch ({', '.join(ARCHS)}), not {arch}")
     import timm
