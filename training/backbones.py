@@ -391,6 +391,7 @@ ARCHS: dict[str, ArchSpec] = {
         mean=(123.68 / 255, 116.779 / 255, 103.939 / 255),
         std=(1 / 255, 1 / 255, 1 / 255),
         native_size=224,
+        stem_scale=255.0,  # its stem's weights average 0.0015 (the next layers 0.1-4): caffe-scale input
         feature_node="conv_pw_13_relu/clip_by_value",
         bgr=True,
         blurb="MobileNetV1 1.0, 3.2 M parameters, 1024 features",
