@@ -177,11 +177,12 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from service.config import Settings
-    from service.models import DEFAULT_MANIFEST
+    from service.models import DEFAULT_ENSEMBLE, resolve_models
     from service.triton.repo import RepoOptions, build_repo
 
     settings = Settings()
-    manifests = [Path(p) for p in args.models] or list(settings.model_paths) or [DEFAULT_MANIFEST]
+    named = [Path(p) for p in args.models] or list(settings.model_paths) or [DEFAULT_ENSEMBLE]
+    manifests = resolve_models(named).member_paths  # an ensemble manifest serves its members
     options = RepoOptions(
         max_batch_size=settings.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_us,

@@ -14,7 +14,7 @@ from service.faces import FaceDetector, RetinaFaceDetector
 from service.inference import InferenceBackend, OnnxRuntimeBackend
 from service.inference.batcher import MicroBatchingBackend
 from service.media import isolation_from_settings, warm_up
-from service.models import DEFAULT_MANIFEST, ModelSet, resolve_models
+from service.models import DEFAULT_ENSEMBLE, ModelSet, resolve_models
 from service.pipeline import Pipeline
 
 __all__ = ["build_backend", "build_detector", "build_pipeline", "choose_models"]
@@ -32,7 +32,7 @@ def build_detector(s: Settings) -> FaceDetector:
 def choose_models(s: Settings) -> ModelSet:
     """The served models: `DFG_MODEL_PATHS` (one ensemble manifest, or model manifests), else the bundled
     default ensemble."""
-    return resolve_models(list(s.model_paths) or [DEFAULT_MANIFEST])
+    return resolve_models(list(s.model_paths) or [DEFAULT_ENSEMBLE])
 
 
 def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBackend:

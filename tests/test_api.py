@@ -186,7 +186,7 @@ def test_metrics_exposed(api: str, face_clip: Path) -> None:
         "dfguard_in_flight_requests",
         "dfguard_decisions_total",
         "dfguard_errors_total",
-        'dfguard_model_info{name="dfguard-sbi-mnv3s",version="1.0.0"} 1.0',
+        'dfguard_model_info{name="dfguard-faceres-sbi",version="2.0.0"} 1.0',
     ):
         assert name in text, name
     assert 'route="/v1/score"' in text

@@ -12,7 +12,7 @@ from service import metrics
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
 from service.inference.batcher import MicroBatchingBackend
-from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST
+from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
 
 
 def _calls(model: str) -> float:
@@ -97,7 +97,7 @@ def test_errors_reach_every_caller_and_a_stopped_batcher_is_unavailable() -> Non
 
 def test_concurrent_ensemble_calls_stay_whole_and_share_one_backend_call() -> None:
     """Each caller asks for the whole ensemble; the batch reaches the backend as one `predict_many`."""
-    inner = _Recording(OnnxRuntimeBackend([UNTRAINED_MANIFEST, DEFAULT_MANIFEST], threads=1))
+    inner = _Recording(OnnxRuntimeBackend([UNTRAINED_MANIFEST, DEFAULT_MODEL], threads=1))
     a, b = inner.models
     # The batch is full at 6 crops (2 + 1 + 3): it runs then, however slowly the threads arrive.
     batcher = MicroBatchingBackend(inner, max_batch=6, max_wait_ms=10_000)  # type: ignore[arg-type]
@@ -127,7 +127,7 @@ def test_concurrent_ensemble_calls_stay_whole_and_share_one_backend_call() -> No
 
 
 def test_calls_for_different_models_are_not_merged() -> None:
-    inner = OnnxRuntimeBackend([UNTRAINED_MANIFEST, DEFAULT_MANIFEST], threads=1)
+    inner = OnnxRuntimeBackend([UNTRAINED_MANIFEST, DEFAULT_MODEL], threads=1)
     a, b = inner.models
     batcher = MicroBatchingBackend(inner, max_batch=64, max_wait_ms=1000)
     one = {a.name: np.zeros((1, a.input_size, a.input_size, 3), np.uint8)}

@@ -56,7 +56,7 @@ def test_score_json_document(face_clip: Path) -> None:
 def test_score_human_output(face_clip: Path) -> None:
     proc = _run("score", str(face_clip))
     assert proc.returncode == 0
-    assert "model dfguard-sbi-mnv3s" in proc.stdout and "32 frames sampled" in proc.stdout
+    assert "model dfguard-default" in proc.stdout and "32 frames sampled" in proc.stdout
 
 
 def test_settings_come_from_dfg_environment(face_clip: Path) -> None:

@@ -81,7 +81,12 @@ def test_classify_cuts_aligned_crops_from_tracked_landmarks(tmp_path: Path, face
     from service.config import Settings
     from service.media import load_media
 
-    s = Settings(model_paths=[_aligned_manifest(tmp_path)], decode_isolation="inline", detect_every=4)
+    s = Settings(
+        model_paths=[_aligned_manifest(tmp_path)],
+        decode_isolation="inline",
+        detect_every=4,
+        classify_crops="all",  # the tracked faces too: their interpolated landmarks are what is tested
+    )
     pipeline = build_pipeline(s, batching=False)
     media = load_media(face_clip, s)
     faces = pipeline.detect(media)
@@ -397,10 +402,10 @@ def test_triton_repository_for_a_256_px_member(
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from service.models import DEFAULT_MANIFEST
+    from service.models import DEFAULT_MODEL
     from service.triton.repo import build_repo
 
-    repo = build_repo([DEFAULT_MANIFEST, imported["Meso4_DF"]], tmp_path, target)  # type: ignore[arg-type]
+    repo = build_repo([DEFAULT_MODEL, imported["Meso4_DF"]], tmp_path, target)  # type: ignore[arg-type]
     member = text_format.Parse(
         (repo / "meso-meso4_df" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )

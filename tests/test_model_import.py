@@ -239,11 +239,9 @@ def test_pipeline_serves_an_ensemble_with_an_imported_model(
 ) -> None:
     from service.compose import build_pipeline
     from service.config import Settings
-    from service.models import DEFAULT_MANIFEST
+    from service.models import DEFAULT_MODEL
 
-    s = Settings(
-        model_paths=[DEFAULT_MANIFEST, imported_b7[0]], frames_per_video=2, decode_isolation="inline"
-    )
+    s = Settings(model_paths=[DEFAULT_MODEL, imported_b7[0]], frames_per_video=2, decode_isolation="inline")
     pipeline = build_pipeline(s)
     r = pipeline.score_file(face_clip)
     names = [m.name for m in pipeline.models]

@@ -10,15 +10,34 @@ import pytest
 from pydantic import ValidationError
 
 from service.inference import OnnxRuntimeBackend
-from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST, ModelManifest, load_manifest
+from service.models import (
+    DEFAULT_ENSEMBLE,
+    DEFAULT_MODEL,
+    UNTRAINED_MANIFEST,
+    ModelManifest,
+    load_manifest,
+    resolve_models,
+)
 
 
 def test_default_model_is_trained_small_hash_checked_and_documented() -> None:
-    manifest, model_path = load_manifest(DEFAULT_MANIFEST)
+    manifest, model_path = load_manifest(DEFAULT_MODEL)
     assert manifest.trained is True
     assert model_path.is_file() and manifest.sha256
     assert model_path.stat().st_size < 20 * 1024 * 1024
-    assert (DEFAULT_MANIFEST.parent / "MODEL_CARD.md").is_file()
+    assert (DEFAULT_MODEL.parent / "MODEL_CARD.md").is_file()
+
+
+def test_default_bundle_is_one_ensemble_with_its_own_fitted_thresholds() -> None:
+    models = resolve_models([DEFAULT_ENSEMBLE])
+    assert models.member_paths == [DEFAULT_MODEL.resolve()]
+    ens = models.ensemble
+    assert ens is not None and ens.thresholds is not None
+    assert 0.0 < ens.thresholds.review < ens.thresholds.flag < 1.0
+    assert ens.thresholds.fitted_on  # says what it was fitted on
+    package = DEFAULT_ENSEMBLE.parents[3]  # service/: every bundled weight file, the face detector's too
+    bundled = sum(f.stat().st_size for f in package.rglob("*.onnx"))
+    assert bundled < 25 * 1024 * 1024, bundled
 
 
 def test_placeholder_model_is_named_untrained() -> None:
@@ -27,15 +46,15 @@ def test_placeholder_model_is_named_untrained() -> None:
 
 
 def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
-    data = json.loads(DEFAULT_MANIFEST.read_text())
-    (tmp_path / "model.onnx").write_bytes((DEFAULT_MANIFEST.parent / "model.onnx").read_bytes() + b"x")
+    data = json.loads(DEFAULT_MODEL.read_text())
+    (tmp_path / "model.onnx").write_bytes((DEFAULT_MODEL.parent / "model.onnx").read_bytes() + b"x")
     (tmp_path / "model.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="sha256"):
         load_manifest(tmp_path / "model.json")
 
 
 def test_manifest_rejects_inconsistent_preprocessing() -> None:
-    base = json.loads(DEFAULT_MANIFEST.read_text())
+    base = json.loads(DEFAULT_MODEL.read_text())
     with pytest.raises(ValidationError):
         ModelManifest.model_validate({**base, "normalization_in_graph": False})  # uint8 needs in-graph norm
     with pytest.raises(ValidationError):
@@ -45,7 +64,7 @@ def test_manifest_rejects_inconsistent_preprocessing() -> None:
 
 
 def test_backend_scores_batches_consistently() -> None:
-    backend = OnnxRuntimeBackend([DEFAULT_MANIFEST], threads=1, max_batch_size=4)
+    backend = OnnxRuntimeBackend([DEFAULT_MODEL], threads=1, max_batch_size=4)
     (m,) = backend.models
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (10, m.input_size, m.input_size, 3), dtype=np.uint8)
@@ -61,7 +80,7 @@ def test_backend_scores_batches_consistently() -> None:
 
 def test_backend_refuses_a_model_listed_twice() -> None:
     with pytest.raises(ValueError, match="twice"):
-        OnnxRuntimeBackend([DEFAULT_MANIFEST, DEFAULT_MANIFEST])
+        OnnxRuntimeBackend([DEFAULT_MODEL, DEFAULT_MODEL])
 
 
 def _float_model(tmp_path: Path, *, output: str, layout: str) -> Path:

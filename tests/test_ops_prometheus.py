@@ -39,7 +39,7 @@ from devtools.ops_tools import (
 )
 from devtools.servers import FlakyMediaHost, free_port
 from devtools.triton_server import TritonServer
-from service.models import DEFAULT_MANIFEST
+from service.models import DEFAULT_MODEL
 from service.triton.repo import RepoOptions, build_repo
 
 pytestmark = [pytest.mark.ops, pytest.mark.triton, pytest.mark.kafka]
@@ -51,7 +51,7 @@ GPU_ONLY = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_tot
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repo = build_repo(
-        [DEFAULT_MANIFEST],
+        [DEFAULT_MODEL],
         tmp_path_factory.mktemp("ops-triton-repo"),
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=2000, cpu_threads=1),

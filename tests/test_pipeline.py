@@ -29,7 +29,8 @@ def test_face_clip_faces_found_where_they_are(pipeline: Pipeline, face_clip: Pat
     assert r.score is not None and 0.0 <= r.score <= 1.0
     assert r.decision in ("allow", "review", "flag")
     assert "untrained_model" not in r.reasons  # the bundled default is a trained model
-    assert r.model.name == "dfguard-sbi-mnv3s"
+    assert r.model.name == "dfguard-default"
+    assert r.thresholds.source == "ensemble"  # the bundle's own calibrated thresholds
     assert r.timings_ms.total >= r.timings_ms.decode
 
 
@@ -97,12 +98,14 @@ def test_pipeline_keeps_serving_after_bad_media(pipeline: Pipeline, media_dir: P
 
 
 def test_classifying_detected_crops_only(pipeline: Pipeline, face_clip: Path) -> None:
-    """`classify_crops=detected` scores the key-frame crops only; every face still gets its track's score."""
+    """`classify_crops=detected` (the default) scores the key-frame crops only; every face still gets its
+    track's score."""
     from service.config import Settings
 
-    full = pipeline.score_file(face_clip)
-    settings = Settings(classify_crops="detected", decode_isolation="inline")
-    sparse = Pipeline(settings, pipeline.detector, pipeline.backend).score_file(face_clip)
+    assert Settings().classify_crops == "detected"
+    every = Settings(classify_crops="all", decode_isolation="inline")
+    full = Pipeline(every, pipeline.detector, pipeline.backend).score_file(face_clip)
+    sparse = pipeline.score_file(face_clip)
     faces = [f for fr in sparse.frames for f in fr.faces]
     detected = [f for f in faces if not f.tracked]
     assert full.crops_scored == full.faces_detected == 32

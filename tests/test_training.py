@@ -238,9 +238,9 @@ def test_evaluation_report_on_generated_clips(tiny_root: Path) -> None:
     assert {(i["kind"], i["quality"]) for i in items} == {
         (k, q) for k in ("real", "sbi", "swap") for q in ("png", "c23", "c35")
     }
-    from service.models import DEFAULT_MANIFEST
+    from service.models import DEFAULT_MODEL
 
-    report = evaluate([DEFAULT_MANIFEST], tiny_root, "test", reps=50)
+    report = evaluate([DEFAULT_MODEL], tiny_root, "test", reps=50)
     assert report["no_face_items"] == 0  # every generated still and clip shows its face to the detector
     for name in ("sbi/c23", "sbi/c35", "swap/c23", "swap/c35"):
         for level in ("frame", "video"):

@@ -22,7 +22,7 @@ from service.config import Settings
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
 from service.inference.triton import TritonBackend
-from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST
+from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
 from service.pipeline import Pipeline
 from service.triton.repo import RepoOptions, build_repo
 
@@ -69,7 +69,7 @@ def _requests(server: TritonServer, model: str) -> tuple[int, int]:
 def pair_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """A two-member ensemble (224 px and 128 px inputs), so a split call would show as per-member requests."""
     repo = build_repo(
-        [UNTRAINED_MANIFEST, DEFAULT_MANIFEST],
+        [UNTRAINED_MANIFEST, DEFAULT_MODEL],
         tmp_path_factory.mktemp("pair"),
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=0, cpu_threads=1),
@@ -81,7 +81,7 @@ def pair_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServ
 def test_micro_batched_ensemble_calls_are_one_triton_request(pair_server: TritonServer) -> None:
     """The pipeline the gateway and the worker build: concurrent videos' ensemble calls become one request."""
     settings = Settings(
-        model_paths=[UNTRAINED_MANIFEST, DEFAULT_MANIFEST],
+        model_paths=[UNTRAINED_MANIFEST, DEFAULT_MODEL],
         backend="triton",
         triton_url=pair_server.grpc_url,
         triton_timeout_seconds=30,

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from service.models import DEFAULT_MANIFEST, UNTRAINED_MANIFEST
+from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
 from service.triton.repo import build_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +49,9 @@ def test_configs_parse_and_wire_the_ensemble(tmp_path: Path, target: str) -> Non
 
 
 def test_committed_repository_is_up_to_date(tmp_path: Path) -> None:
-    build_repo([DEFAULT_MANIFEST], tmp_path, "gpu", copy_models=False)
+    build_repo([DEFAULT_MODEL], tmp_path, "gpu", copy_models=False)
     committed = ROOT / "model_repository"
-    name = json.loads(DEFAULT_MANIFEST.read_text())["name"]
+    name = json.loads(DEFAULT_MODEL.read_text())["name"]
     for rel in (f"{name}/config.pbtxt", f"{name}/1/model.json", "ensemble/config.pbtxt"):
         assert filecmp.cmp(committed / rel, tmp_path / rel, shallow=False), (
             f"regenerate model_repository: {rel}"

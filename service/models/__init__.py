@@ -12,15 +12,19 @@ from service.models.manifest import (
 )
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
-# Trained here on Self-Blended Images (training/, see builtin/sbi-mnv3s/MODEL_CARD.md).
-DEFAULT_MANIFEST = BUILTIN_DIR / "sbi-mnv3s" / "model.json"
+# What the service serves unless told otherwise: one ensemble manifest (members, aggregation, the thresholds
+# fitted for that aggregation; training/calibrate.py writes it). See builtin/faceres-sbi/MODEL_CARD.md.
+DEFAULT_ENSEMBLE = BUILTIN_DIR / "default" / "ensemble.json"
+# Its member: faceres (VGGFace2 MobileNetV1) fine-tuned here on Self-Blended Images (training/).
+DEFAULT_MODEL = BUILTIN_DIR / "faceres-sbi" / "model.json"
 # The seeded random 4-layer CNN (scripts/make_untrained_model.py): kept for plumbing tests and benchmarks that
 # need a tiny graph of known structure (the Triton and batcher tests, bench.gpu's PyTorch replica of it).
 UNTRAINED_MANIFEST = BUILTIN_DIR / "untrained-mini" / "model.json"
 
 __all__ = [
     "BUILTIN_DIR",
-    "DEFAULT_MANIFEST",
+    "DEFAULT_ENSEMBLE",
+    "DEFAULT_MODEL",
     "UNTRAINED_MANIFEST",
     "CalibratedThresholds",
     "EnsembleManifest",
