@@ -9,11 +9,12 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from service.api import create_app
@@ -25,6 +26,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def wait_http_ok(url: str, alive: Callable[[], bool], log: Path, *, what: str, timeout: float = 90) -> None:
+    """Poll `url` until it answers 200. A process that exits first, or time running out, fails the caller
+    with the tail of the process's log, which is what explains it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise AssertionError(f"{what} exited:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not 200 within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 @contextmanager

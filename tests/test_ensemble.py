@@ -74,6 +74,10 @@ def test_ensemble_resolves_members_relative_to_itself(tmp_path: Path) -> None:
         resolve_models([ens, a])
     with pytest.raises(FileNotFoundError, match="m-c"):
         resolve_models([_ensemble(tmp_path, ["m-c/model.json"])])
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "inner.json").write_text(ens.read_text().replace("m-a/", "../m-a/"))
+    with pytest.raises(ValueError, match=r"inner\.json named by .* is an ensemble manifest"):
+        resolve_models([_ensemble(tmp_path, ["nested/inner.json"])])
     with pytest.raises(ValidationError):
         EnsembleManifest.model_validate({**json.loads(ens.read_text()), "members": []})
 

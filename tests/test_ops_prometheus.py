@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,7 +37,7 @@ from devtools.ops_tools import (
     scaler_exprs,
     write_rules,
 )
-from devtools.servers import FlakyMediaHost, free_port
+from devtools.servers import FlakyMediaHost, free_port, wait_http_ok
 from devtools.triton_server import TritonServer
 from service.models import DEFAULT_MODEL
 from service.triton.repo import RepoOptions, build_repo
@@ -58,20 +58,6 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     )
     with TritonServer(repo) as server:
         yield server
-
-
-def _wait_ready(url: str, alive: Callable[[], bool], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            pytest.fail(f"dfguard serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"dfguard serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +81,7 @@ def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> I
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with process(cmd, env, log, cwd=workdir) as proc:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, lambda: proc.poll() is None, log)
+        wait_http_ok(f"{url}/readyz", lambda: proc.poll() is None, log, what="dfguard serve")
         yield url
 
 

@@ -524,19 +524,6 @@ def test_two_workers_share_partitions_and_a_leaving_one_hands_over_without_loss(
     _assert_exactly_one_decision_each(s, flags, videos)
 
 
-# --- lag ----------------------------------------------------------------------------------------------------
-
-
-class _GatedHandler(EventHandler):
-    """The real handler behind a gate the test opens: holds events back so lag can be observed."""
-
-    gate: threading.Event
-
-    def handle(self, value: bytes | None, stop: threading.Event) -> Any:
-        self.gate.wait(60)
-        return super().handle(value, stop)
-
-
 def test_a_rebalance_that_never_assigns_is_unstalled_by_a_fresh_join(
     kafka: KafkaBroker,
     topics: Topics,
@@ -567,6 +554,19 @@ def test_a_rebalance_that_never_assigns_is_unstalled_by_a_fresh_join(
         producer.send(topics.uploads, upload_event("vid-after-stall", file_uri(media_root / "a.mp4")))
         (record,) = read_topic(kafka.bootstrap, topics.flags, 1)
     assert record.key == b"vid-after-stall"
+
+
+# --- lag ----------------------------------------------------------------------------------------------------
+
+
+class _GatedHandler(EventHandler):
+    """The real handler behind a gate the test opens: holds events back so lag can be observed."""
+
+    gate: threading.Event
+
+    def handle(self, value: bytes | None, stop: threading.Event) -> Any:
+        self.gate.wait(60)
+        return super().handle(value, stop)
 
 
 def test_lag_gauge_equals_the_true_lag_and_drops_to_zero(

@@ -43,7 +43,7 @@ from devtools.kafka_tools import (
 )
 from devtools.ops_tools import Prometheus, ScrapeTarget, process, rule_groups, scaler_exprs, write_rules
 from devtools.postgres_server import PostgresServer
-from devtools.servers import free_port
+from devtools.servers import free_port, wait_http_ok
 from devtools.triton_server import TritonServer
 from service.events import FlagEvent
 from service.models import UNTRAINED_MANIFEST
@@ -130,17 +130,8 @@ def _env(
     return env
 
 
-def _wait_http(url: str, path: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the worker exited {proc.returncode}:\n{log.read_text()[-4000:]}"
-        try:
-            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{path} not 200 within {timeout} s:\n{log.read_text()[-4000:]}")
+def _wait_http(w: WorkerProcess, path: str, proc: subprocess.Popen[bytes]) -> None:
+    wait_http_ok(f"{w.url}{path}", lambda: proc.poll() is None, w.log, what="the worker", timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +155,7 @@ def worker(
     w.env = _env(kafka, triton, pg, media, topics, metrics_port)
     with process([sys.executable, "-m", "service.cli", "worker"], w.env, w.log, cwd=workdir) as proc:
         w.proc = proc
-        _wait_http(w.url, "/readyz", proc, w.log)
+        _wait_http(w, "/readyz", proc)
         yield w
 
 
@@ -468,8 +459,8 @@ def test_a_worker_started_while_the_store_is_down_holds_then_decides_everything(
             w.log,
             cwd=tmp_path,
         ) as proc:
-            _wait_http(w.url, "/healthz", proc, w.log)
-            _wait_http(w.url, "/readyz", proc, w.log)  # a member of its group while held: replaceable
+            _wait_http(w, "/healthz", proc)
+            _wait_http(w, "/readyz", proc)  # a member of its group while held: replaceable
             ready = httpx.get(f"{w.url}/readyz", timeout=5).json()
             assert ready["held"] and ready["dependencies"]["store"] is False, ready
             samples = _scrape(w.url)

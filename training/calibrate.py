@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the ensemble manifest to write")
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True)
-    parser.add_argument(
-        "--aggregation", default="confident", choices=["mean", "max_face_mean_frames", "confident"]
-    )
+    parser.add_argument("--aggregation", default="confident", choices=get_args(Aggregation))
     parser.add_argument("--root", type=Path, default=Path(".cache/training"))
     parser.add_argument("--split", default="val")
     parser.add_argument("--flag-margin", type=float, default=FLAG_MARGIN_LOGIT, help="logit units")

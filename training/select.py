@@ -18,10 +18,11 @@ import itertools
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from service.config import Aggregation
 from service.models import load_manifest
 from training.evaluate import build_eval_pipeline, score_items
 from training.metrics import auc
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--model", type=Path, required=True)
     s.add_argument("--split", default="val")
     s.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    s.add_argument("--aggregation", default="confident")
+    s.add_argument("--aggregation", default="confident", choices=get_args(Aggregation))
     c = sub.add_parser("compare", help="rank models and ensembles by validation SBI video AUC")
     c.add_argument("--model", type=Path, nargs="+", required=True)
     c.add_argument("--split", default="val")

@@ -154,6 +154,10 @@ def resolve_models(paths: Sequence[str | Path]) -> ModelSet:
     for m in members:
         if not m.is_file():
             raise FileNotFoundError(f"member manifest {m} named by {ensembles[0]} does not exist")
+        if _is_ensemble(m):
+            raise ValueError(
+                f"member {m} named by {ensembles[0]} is an ensemble manifest: members are models"
+            )
     return ModelSet(members, ens)
 
 

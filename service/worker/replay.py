@@ -21,12 +21,13 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, Field
 
 from service.config import Settings
 from service.errors import ERRORS, Fault
+from service.worker.runner import durable_producer
 
 __all__ = ["REPLAY_COUNT_HEADER", "ReplayFilter", "ReplayReport", "replay", "replay_headers"]
 
@@ -163,14 +164,7 @@ def replay(
     )
     producer = None
     if not dry_run:
-        producer = KafkaProducer(
-            bootstrap_servers=servers,
-            client_id=f"{s.kafka_client_id}-dlq-replay",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            request_timeout_ms=s.kafka_request_timeout_ms,
-        )
+        producer = durable_producer(s, "dlq-replay")
     skipped: Counter[str] = Counter()
     try:
         parts = consumer.partitions_for_topic(s.kafka_dlq_topic) or set()

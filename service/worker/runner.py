@@ -60,6 +60,20 @@ log = logging.getLogger(__name__)
 _BOOTSTRAP_MS = 5000
 
 
+def durable_producer(s: Settings, role: str, **extra: Any) -> KafkaProducer:
+    """The producer every outcome (flag, DLQ record, replayed upload) is published with: acknowledged by all
+    in-sync replicas and idempotent, so a retried send is never written twice."""
+    return KafkaProducer(
+        bootstrap_servers=s.kafka_bootstrap_servers.split(","),
+        client_id=f"{s.kafka_client_id}-{role}",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        request_timeout_ms=s.kafka_request_timeout_ms,
+        **extra,
+    )
+
+
 @dataclass
 class _Partition:
     tp: TopicPartition
@@ -177,14 +191,8 @@ class Worker:
         s = self.s
         servers = s.kafka_bootstrap_servers.split(",")
         try:
-            self._producer = self._producer or KafkaProducer(
-                bootstrap_servers=servers,
-                client_id=f"{s.kafka_client_id}-producer",
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                request_timeout_ms=s.kafka_request_timeout_ms,
-                bootstrap_timeout_ms=_BOOTSTRAP_MS,
+            self._producer = self._producer or durable_producer(
+                s, "producer", bootstrap_timeout_ms=_BOOTSTRAP_MS
             )
             self._consumer = KafkaConsumer(
                 bootstrap_servers=servers,
