@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from service.api import create_app
+from service.api.server import server_config
 from service.config import Settings
 
 
@@ -49,9 +50,7 @@ def gateway(settings: Settings, *, with_worker: bool = False) -> Iterator[tuple[
     """Run the gateway app on 127.0.0.1 in a thread; yield (base_url, app)."""
     app = create_app(settings, with_worker=with_worker)
     port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
+    config = server_config(app, settings, "127.0.0.1", port, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()

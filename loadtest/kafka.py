@@ -2,6 +2,13 @@
 
     python -m loadtest.kafka --rate 2 --duration 30 [--spike-rate 10 --spike-at 10 --spike-for 5]
                              [--mix short_clip=0.5,...] [--bootstrap HOST:PORT] [--out DIR]
+    python -m loadtest.kafka --tenants steady=0.2,bursty=2 --duration 60   # one tenant bursting 10x
+
+`--tenants NAME=RATE,...` sends several tenants at once, each its own seeded Poisson schedule at its own
+constant rate (events/s) for `--duration` (it replaces `--rate` and the spike options), merged by time: the
+way to measure per-tenant fairness, e.g. one tenant bursting at 10x another's rate past the worker's
+capacity. The JSON reports event->flag percentiles per tenant (`tenants`) as well as overall; without
+`--tenants` every event is tenant `acme` at `--rate` (with the spike, if any).
 
 Without `--bootstrap` it starts its own Apache Kafka broker (devtools/kafka_broker.py) on 127.0.0.1; it always
 starts a real `dfguard worker` process on fresh topics. The mix is the gateway load's (short and long clips,
@@ -30,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +52,9 @@ from devtools.servers import free_port
 from loadtest.generator import Arrival, Profile, build_schedule, parse_gauges
 from loadtest.mix import DEFAULT_CACHE_DIR, DEFAULT_WEIGHTS, build_media, parse_mix
 
-__all__ = ["run"]
+__all__ = ["parse_tenants", "run"]
+
+DEFAULT_TENANT = "acme"
 
 
 @dataclass
@@ -53,6 +62,7 @@ class _Sent:
     event_id: str
     kind: str
     at: float  # scheduled, seconds from the start
+    tenant: str = DEFAULT_TENANT
     sent: float | None = None
     outcome: str | None = None  # "flag:<decision>" or "dlq:<code>"
     done: float | None = None
@@ -151,6 +161,55 @@ def _upload_path(media_root: Path, arrival: Arrival, first: dict[str, Path]) -> 
     return path
 
 
+def parse_tenants(text: str) -> dict[str, float]:
+    """`steady=0.2,bursty=2` -> {tenant: events per second}; names as the event contract allows them."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if (
+            not sep
+            or not name
+            or not name.replace("-", "").replace("_", "").isalnum()
+            or name != name.lower()
+        ):
+            raise ValueError(f"bad tenant item {item!r}; expected NAME=RATE, NAME in lower case a-z0-9_-")
+        rate = float(value)
+        if rate <= 0:
+            raise ValueError(f"tenant {name}: the rate must be positive")
+        rates[name] = rate
+    if not rates:
+        raise ValueError("no tenant given")
+    return rates
+
+
+def _tenant_schedule(
+    args: argparse.Namespace, media: dict[str, list[Any]], weights: dict[str, float]
+) -> list[tuple[str, Arrival]]:
+    """(tenant, arrival) in time order: one schedule per tenant (seed + its position), re-indexed."""
+    if not args.tenants:
+        profile = Profile(
+            "spike" if args.spike_rate else "constant",
+            args.rate,
+            args.spike_rate,
+            args.spike_at,
+            args.spike_for,
+        )
+        return [
+            (DEFAULT_TENANT, a)
+            for a in build_schedule(profile, args.duration, args.max_events, weights, media, args.seed)
+        ]
+    merged = [
+        (arrival, tenant)
+        for i, (tenant, rate) in enumerate(parse_tenants(args.tenants).items())
+        for arrival in build_schedule(
+            Profile("constant", rate), args.duration, args.max_events, weights, media, args.seed + i
+        )
+    ]
+    merged.sort(key=lambda item: item[0].at)
+    return [(tenant, replace(a, index=i)) for i, (a, tenant) in enumerate(merged[: args.max_events])]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the load; write the summary JSON and the PNG into `args.out`; return the summary."""
     out: Path = args.out
@@ -160,10 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for files in media.values():
         for m in files:
             (media_root / m.name).write_bytes(m.data)
-    profile = Profile(
-        "spike" if args.spike_rate else "constant", args.rate, args.spike_rate, args.spike_at, args.spike_for
-    )
-    schedule = build_schedule(profile, args.duration, args.max_events, parse_mix(args.mix), media, args.seed)
+    schedule = _tenant_schedule(args, media, parse_mix(args.mix))
     state = _State()
     first_uploads: dict[str, Path] = {}
     with _broker(args.bootstrap) as bootstrap:
@@ -185,15 +241,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for th in threads:
             th.start()
         try:
-            for arrival in schedule:
+            for tenant, arrival in schedule:
                 delay = arrival.at - (time.perf_counter() - t0)
                 if delay > 0:
                     time.sleep(delay)
                 uri = _upload_path(media_root, arrival, first_uploads).resolve().as_uri()
-                event = upload_event(f"load-{arrival.index:06d}", uri, event_id=f"ev-{arrival.index:06d}")
+                event = upload_event(
+                    f"load-{arrival.index:06d}", uri, tenant=tenant, event_id=f"ev-{arrival.index:06d}"
+                )
                 raw = json.dumps(event).encode()
                 with state.lock:
-                    state.sent[event["event_id"]] = _Sent(event["event_id"], arrival.kind, arrival.at)
+                    state.sent[event["event_id"]] = _Sent(event["event_id"], arrival.kind, arrival.at, tenant)
                     state.by_value[raw] = event["event_id"]
                 producer.send(topics.uploads, raw, key=event["video_id"], wait=False)
                 state.sent[event["event_id"]].sent = time.perf_counter() - t0
@@ -228,13 +286,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _flag_latency_ms(items: list[_Sent]) -> dict[str, float | None]:
+    """Event->flag percentiles (ms) of the flagged events, from the scheduled send time."""
+    lat = [s.done - s.at for s in items if s.done is not None and s.outcome and s.outcome.startswith("flag")]
+    return {f"p{q}": round(percentile(lat, q) * 1000, 1) if lat else None for q in (50, 90, 95, 99)}
+
+
 def _summary(
     args: argparse.Namespace, state: _State, *, schedule_len: int, last_send: float, alive: bool, gauges: Any
 ) -> dict[str, Any]:
     items = list(state.sent.values())
     lost = [s.event_id for s in items if s.outcome is None]
-    lat = [s.done - s.at for s in items if s.done is not None and s.outcome and s.outcome.startswith("flag")]
-    pcts = {f"p{q}": round(percentile(lat, q) * 1000, 1) if lat else None for q in (50, 90, 95, 99)}
+    tenants = sorted({s.tenant for s in items})
     lag_err = [abs(g - t) for _, g, t in state.lag]
     failures = []
     if lost:
@@ -251,7 +314,16 @@ def _summary(
         "by_kind": {
             k: dict(Counter(s.outcome or "lost" for s in items if s.kind == k)) for k in DEFAULT_WEIGHTS
         },
-        "event_to_flag_ms": pcts,
+        "event_to_flag_ms": _flag_latency_ms(items),
+        "tenants": {
+            t: {
+                "events": sum(s.tenant == t for s in items),
+                "offered_rate_eps": round(sum(s.tenant == t for s in items) / max(last_send, 1e-9), 3),
+                "outcomes": dict(Counter(s.outcome or "lost" for s in items if s.tenant == t)),
+                "event_to_flag_ms": _flag_latency_ms([s for s in items if s.tenant == t]),
+            }
+            for t in tenants
+        },
         "lost": lost[:20],
         "lag_samples": len(state.lag),
         "lag_max": max((t for _, _, t in state.lag), default=0.0),
@@ -266,8 +338,14 @@ def _summary(
 def _png(state: _State, path: Path) -> None:
     fig = Figure(figsize=(10, 6))
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    done = sorted((s.at, (s.done - s.at) * 1000) for s in state.sent.values() if s.done is not None)
-    ax1.plot([t for t, _ in done], [ms for _, ms in done], ".", markersize=3)
+    for tenant in sorted({s.tenant for s in state.sent.values()}):
+        done = sorted(
+            (s.at, (s.done - s.at) * 1000)
+            for s in state.sent.values()
+            if s.done is not None and s.tenant == tenant
+        )
+        ax1.plot([t for t, _ in done], [ms for _, ms in done], ".", markersize=3, label=f"tenant {tenant}")
+    ax1.legend()
     ax1.set_ylabel("event -> outcome (ms)")
     ax1.set_title("Kafka load: latency by scheduled time, and consumer lag")
     ax2.plot([t for t, _, _ in state.lag], [tr for _, _, tr in state.lag], label="true lag (broker)")
@@ -291,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spike-at", type=float, default=0.0)
     p.add_argument("--spike-for", type=float, default=0.0)
     p.add_argument("--mix", default="")
+    p.add_argument(
+        "--tenants",
+        default="",
+        help="NAME=RATE,... one Poisson schedule per tenant (replaces --rate and the spike), "
+        "e.g. steady=0.2,bursty=2",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--partitions", type=int, default=2)
     p.add_argument("--drain", type=float, default=120.0, help="seconds to wait for outcomes after sending")
@@ -300,12 +384,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.duration > 600 or args.rate <= 0:
         p.error("--duration must be at most 600 s and --rate positive")
+    try:
+        if args.tenants:
+            parse_tenants(args.tenants)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.bootstrap and not args.bootstrap.startswith(("127.0.0.1:", "localhost:")):
         p.error("--bootstrap must be a loopback address")
     args.out = args.out or Path(tempfile.mkdtemp(prefix="dfguard-kafka-load-"))
     summary = run(args)
     print(
-        json.dumps({k: summary[k] for k in ("passed", "failures", "events", "outcomes", "event_to_flag_ms")})
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("passed", "failures", "events", "outcomes", "event_to_flag_ms", "tenants")
+            }
+        )
     )
     print(f"wrote {args.out / 'kafka_load.json'} and {args.out / 'kafka_load.png'}")
     return 0 if summary["passed"] else 1

@@ -66,22 +66,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.api.server import server_config
     from service.config import Settings
     from service.logs import configure
 
     configure()
     settings = Settings()
-    uvicorn.run(
-        create_app(settings, with_worker=args.with_worker),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
-        # No `limit_concurrency`: it counts idle keep-alive connections and answers a bare 503 no metric sees;
-        # the app bounds requests in flight itself (DFG_MAX_HTTP_IN_FLIGHT, 429 with Retry-After).
-    )
+    app = create_app(settings, with_worker=args.with_worker)
+    config = server_config(app, settings, args.host, args.port, timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -10,10 +10,35 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Aggregation = Literal["mean", "max_face_mean_frames", "confident"]
+DEFAULT_TENANT = "*"  # the key of `tenant_limits` that applies to every tenant not named there
+
+
+class TenantLimits(BaseModel):
+    """One tenant's limits at one gateway (each replica enforces its own; see docs/performance.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_second: float = Field(
+        20.0, ge=0, description="Scoring submissions (POST /v1/score, /v1/jobs) per second; 0: unlimited."
+    )
+    burst: int = Field(40, ge=1, description="Submissions allowed at once above the rate (bucket size).")
+    weight: float = Field(
+        1.0, gt=0, description="Share of upload and scoring slots relative to the other active tenants."
+    )
+    max_pending_jobs: int | None = Field(
+        None, ge=1, description="Async jobs queued or running for this tenant (default DFG_MAX_PENDING_JOBS)."
+    )
+    max_running: int | None = Field(
+        None,
+        ge=1,
+        description="Scoring slots this tenant may hold at once. Default: every worker when one tenant is "
+        "configured (or auth is off); all but one when several are, so another tenant's request starts at "
+        "once instead of waiting for a running clip to finish.",
+    )
 
 
 class Settings(BaseSettings):
@@ -143,7 +168,55 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(5.0, ge=0, description="Micro-batching: wait for other requests' crops.")
     max_jobs: int = Field(10_000, ge=1, description="Async jobs kept (queued, running or finished).")
     max_pending_jobs: int = Field(
-        64, ge=1, description="Async jobs queued or running (their media waits on disk); beyond: 429."
+        64,
+        ge=1,
+        description="Async jobs queued or running per tenant (their media waits on disk); beyond: 429. "
+        "A tenant's `max_pending_jobs` in DFG_TENANT_LIMITS overrides it.",
+    )
+    tenant_limits: dict[str, TenantLimits] = Field(
+        default_factory=lambda: {DEFAULT_TENANT: TenantLimits()},
+        description='Per-tenant limits, JSON: {"*": {...default...}, "acme": {"rate_per_second": 5, '
+        '"burst": 10, "weight": 2, "max_pending_jobs": 16}}; a tenant not named gets "*" (or the built-in '
+        'defaults when there is no "*").',
+    )
+    max_uploads: int = Field(
+        64,
+        ge=1,
+        description="Request bodies read (or URLs fetched) at once, apart from scoring; more wait their "
+        "turn, shared fairly between tenants.",
+    )
+    upload_timeout_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Whole-upload deadline, from the first body byte (500 MB in an hour needs ~1.2 Mbit/s); "
+        "past it: 408 upload_timeout.",
+    )
+    upload_min_bytes_per_second: int = Field(
+        16 * 1024,
+        ge=0,
+        description="Slowest transfer kept: an upload that falls this far behind over "
+        "`upload_rate_window_seconds` is cut with 408 upload_timeout; 0: no minimum.",
+    )
+    upload_rate_window_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long an upload may stall (a mobile hand-over) before the minimum rate cuts it; "
+        "also the grace at its start.",
+    )
+    upload_slot_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a request waits for an upload slot before 429 over_capacity (slots held by "
+        "slow transfers free within `upload_rate_window_seconds`).",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this (else 408, closed)."
+    )
+    http_max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request line and headers together; beyond: 431, closed."
+    )
+    http_keep_alive_seconds: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this."
     )
     job_ttl_seconds: float = Field(3600.0, gt=0, description="Finished jobs are forgotten after this.")
     callback_secret: str = Field(
@@ -159,7 +232,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="HTTP requests handled at once, probes and /metrics excepted (beyond: 429 with "
-        "Retry-After); 0: workers + max_queue + 64.",
+        "Retry-After); 0: workers + max_queue + max_uploads + 64.",
     )
     unavailable_retry_after_seconds: int = Field(
         5, ge=1, description="Retry-After of 503 answers (inference backend or decision store down)."
@@ -192,6 +265,13 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = Field(15_000, ge=1000, description="Producer/consumer request timeout.")
     worker_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Events processed at once per worker."
+    )
+    worker_max_buffered_events: int = Field(
+        256,
+        ge=1,
+        description="Records a worker takes off Kafka and has not finished (waiting or in flight) before it "
+        "pauses its partitions (resumes at half): how far it reads past one tenant's burst to other tenants' "
+        "events, and about how many records a crash leaves to redeliver.",
     )
     worker_max_attempts: int = Field(
         5,
@@ -265,8 +345,27 @@ class Settings(BaseSettings):
 
     @property
     def http_in_flight_limit(self) -> int:
-        """`max_http_in_flight`, or room for every admitted scoring request plus light requests."""
-        return self.max_http_in_flight or self.workers + self.max_queue + 64
+        """`max_http_in_flight`, or room for every scoring place, every upload slot and light requests."""
+        return self.max_http_in_flight or self.workers + self.max_queue + self.max_uploads + 64
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        """The limits of `tenant`: its own entry, else the `*` entry, else the built-in defaults."""
+        return self.tenant_limits.get(tenant) or self.tenant_limits.get(DEFAULT_TENANT) or TenantLimits()
+
+    def pending_jobs_for(self, tenant: str) -> int:
+        return self.limits_for(tenant).max_pending_jobs or self.max_pending_jobs
+
+    def running_cap_for(self, tenant: str) -> int:
+        """Scoring slots `tenant` may hold at once (see `TenantLimits.max_running`)."""
+        configured = self.limits_for(tenant).max_running
+        if configured is not None:
+            return min(configured, self.workers)
+        return max(1, self.workers - 1) if len(self.tenants) > 1 else self.workers
+
+    @property
+    def tenants(self) -> list[str]:
+        """The tenants the API keys name (`default` when auth is off)."""
+        return sorted({entry.partition(":")[0] for entry in self.api_keys.values()} or {"default"})
 
     @property
     def kafka_max_poll_interval_ms(self) -> int:

@@ -22,12 +22,14 @@ code), the Kafka worker (flag, dead letter, retry or hold) and docs/worker.md's 
     │   ├── Unauthorized          unauthorized         401
     │   ├── Forbidden             forbidden            403
     │   ├── UnsupportedContentType  unsupported_content_type  415
-    │   └── NotFound              not_found            404
+    │   ├── NotFound              not_found            404
+    │   └── UploadTimeout         upload_timeout       408   (gateway: the body arrived too slowly)
     ├── FetchFailed               fetch_failed         422   event      DLQ at once (4xx, bad redirect, DNS)
     │   └── SourceUnavailable     fetch_failed         422   transient  retried, then DLQ (5xx/408/429,
     │                                                                   refused connection, broken transfer)
     ├── DeadlineExceeded          deadline_exceeded    504   transient  retried, then DLQ
     ├── OverCapacity              over_capacity        429   transient  (gateway: Retry-After)
+    │   └── RateLimited           rate_limited         429   transient  (gateway: the tenant's token bucket)
     ├── BackendUnavailable        backend_unavailable  503   dependency hold (inference backend)
     ├── StoreUnavailable          store_unavailable    503   dependency hold (decision store)
     └── InternalError             internal_error       500   internal   DLQ, metered and alerted
@@ -68,6 +70,7 @@ __all__ = [
     "NotFound",
     "Outcome",
     "OverCapacity",
+    "RateLimited",
     "RequestError",
     "ResolutionTooHigh",
     "SchemaViolation",
@@ -76,6 +79,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedContentType",
     "UnsupportedMedia",
+    "UploadTimeout",
     "UrlNotAllowed",
     "classify",
     "error_for_code",
@@ -255,6 +259,13 @@ class NotFound(RequestError):
     http_status = 404
 
 
+class UploadTimeout(RequestError):
+    """The request body arrived too slowly: past the upload deadline or under the minimum transfer rate."""
+
+    code = "upload_timeout"
+    http_status = 408
+
+
 class FetchFailed(ModerationError):
     """The URL refused the fetch for good (4xx, a bad redirect, an unknown host): retrying will not help."""
 
@@ -278,11 +289,21 @@ class DeadlineExceeded(ModerationError):
 
 
 class OverCapacity(ModerationError):
-    """Every worker busy and the queue full (gateway; Retry-After)."""
+    """Every worker busy and the queue full, or the tenant over its share of it (gateway; Retry-After)."""
 
     code = "over_capacity"
     http_status = 429
     fault = Fault.TRANSIENT
+
+    def __init__(self, message: str, retry_after_seconds: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds  # None: the gateway estimates it from its latency
+
+
+class RateLimited(OverCapacity):
+    """The tenant sent more than its rate allows (gateway; Retry-After from its token bucket)."""
+
+    code = "rate_limited"
 
 
 class BackendUnavailable(ModerationError):
@@ -330,10 +351,12 @@ ERRORS: tuple[type[ModerationError], ...] = (
     Forbidden,
     UnsupportedContentType,
     NotFound,
+    UploadTimeout,
     FetchFailed,
     SourceUnavailable,
     DeadlineExceeded,
     OverCapacity,
+    RateLimited,
     BackendUnavailable,
     StoreUnavailable,
     InternalError,

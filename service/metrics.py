@@ -20,6 +20,7 @@ __all__ = [
     "EVENTS_DEAD_LETTERED",
     "EVENTS_PRODUCED",
     "EVENT_LATENCY",
+    "HTTP_CONNECTIONS_CUT",
     "INFERENCE_CALLS",
     "INFERENCE_DURATION",
     "IN_FLIGHT",
@@ -29,11 +30,21 @@ __all__ = [
     "REQUESTS",
     "REQUEST_DURATION",
     "STAGE_DURATION",
+    "TENANT_ADMITTED",
+    "TENANT_QUEUE_WAIT",
+    "TENANT_THROTTLED",
+    "UPLOADS_CUT",
+    "UPLOADS_IN_PROGRESS",
+    "UPLOAD_BYTES",
+    "UPLOAD_CUT_REASONS",
+    "WORKER_BUFFERED",
+    "WORKER_DISPATCH_WAIT",
     "WORKER_HELD_SINCE",
     "WORKER_IN_FLIGHT",
     "WORKER_LAST_DECISION",
     "WORKER_PROCESSING",
     "WORKER_RETRIES",
+    "init_tenant_series",
     "observe_result",
 ]
 
@@ -69,6 +80,38 @@ QUEUE_DEPTH = Gauge("dfguard_queue_depth", "Scoring requests admitted and waitin
 IN_FLIGHT = Gauge("dfguard_in_flight_requests", "Scoring requests being processed by a worker.")
 DECISIONS = Counter("dfguard_decisions_total", "Verdicts by outcome.", ["decision"])
 ERRORS = Counter("dfguard_errors_total", "Errors reported to callers, by error code.", ["code"])
+UPLOADS_IN_PROGRESS = Gauge(
+    "dfguard_uploads_in_progress", "Request bodies being received (upload slots busy)."
+)
+UPLOAD_BYTES = Counter("dfguard_upload_bytes_total", "Request body bytes received for uploads.")
+UPLOAD_CUT_REASONS = ("deadline", "too_slow", "too_large", "invalid", "client_gone")
+UPLOADS_CUT = Counter(
+    "dfguard_uploads_cut_total",
+    "Uploads that did not complete, by reason: deadline and too_slow (408 upload_timeout), too_large (413), "
+    "invalid (400), client_gone.",
+    ["reason"],
+)
+HTTP_CONNECTIONS_CUT = Counter(
+    "dfguard_http_connections_cut_total",
+    "Connections closed by the server before a request's headers were complete, by reason "
+    "(header_timeout: 408; headers_too_large: 431).",
+    ["reason"],
+)
+# Tenants are the configured API keys' tenants (or `default`): a bounded label set, never caller input.
+TENANT_ADMITTED = Counter(
+    "dfguard_tenant_admitted_total", "Scoring submissions admitted, by tenant.", ["tenant"]
+)
+TENANT_THROTTLED = Counter(
+    "dfguard_tenant_throttled_total",
+    "Scoring submissions refused with 429, by tenant and reason (rate_limited, over_capacity).",
+    ["tenant", "reason"],
+)
+TENANT_QUEUE_WAIT = Histogram(
+    "dfguard_tenant_queue_wait_seconds",
+    "Time a request waited for a slot, by tenant and pool (upload, scoring).",
+    ["tenant", "pool"],
+    buckets=_LATENCY_BUCKETS,
+)
 CLIENT_DISCONNECTS = Counter(
     "dfguard_client_disconnects_total",
     "Requests whose client went away before the body was read (answered 499, not an error).",
@@ -105,6 +148,15 @@ CONSUMER_LAG = Gauge(
     ["group", "topic", "partition"],
 )
 WORKER_IN_FLIGHT = Gauge("dfguard_worker_in_flight_events", "Events being processed by this worker.")
+WORKER_BUFFERED = Gauge(
+    "dfguard_worker_buffered_events",
+    "Records taken off Kafka and not finished (waiting for their key or a slot, or in flight).",
+)
+WORKER_DISPATCH_WAIT = Histogram(
+    "dfguard_worker_dispatch_wait_seconds",
+    "From a record being ready to run (its key idle) to an event thread starting it (fair across tenants).",
+    buckets=_LATENCY_BUCKETS,
+)
 WORKER_LAST_DECISION = Gauge(
     "dfguard_worker_last_decision_timestamp_seconds", "Unix time of the last flag event this worker emitted."
 )
@@ -124,6 +176,18 @@ REBALANCE_STALLS = Counter(
 DEDUP_LOOKUPS = Counter("dfguard_dedup_lookups_total", "Repost/near-duplicate lookups before scoring.")
 DEDUP_HITS = Counter("dfguard_dedup_hits_total", "Lookups answered from a stored verdict, by kind.", ["kind"])
 MODEL_INFO = Gauge("dfguard_model_info", "The models being served (value 1).", ["name", "version"])
+
+
+def init_tenant_series(tenants: list[str]) -> None:
+    """Make the gateway's tenant and upload series exist at 0 from the start (alerts and panels see them)."""
+    for reason in UPLOAD_CUT_REASONS:
+        UPLOADS_CUT.labels(reason=reason)
+    for reason in ("header_timeout", "headers_too_large"):
+        HTTP_CONNECTIONS_CUT.labels(reason=reason)
+    for tenant in tenants:
+        TENANT_ADMITTED.labels(tenant=tenant)
+        for reason in ("rate_limited", "over_capacity"):
+            TENANT_THROTTLED.labels(tenant=tenant, reason=reason)
 
 
 def observe_result(decision: str, timings_ms: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ hold (parts, requests in flight, the time a job's body may take) and say how to 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -211,13 +212,18 @@ def test_requests_in_flight_are_bounded_probes_excepted(spool: Path) -> None:
         _wait_for(lambda: httpx.get(f"{url}/v1/jobs/x").status_code == 404)  # the hog left: room again
 
 
-def test_a_trickled_job_body_gets_504_and_frees_its_place(tmp_path: Path, spool: Path) -> None:
+def test_a_stalled_job_body_gets_408_and_frees_its_place(tmp_path: Path, spool: Path) -> None:
     photo = mf.make_image(tmp_path / "p.jpg")
-    settings = Settings(request_timeout_seconds=2, max_pending_jobs=1, upload_dir=spool)
+    settings = Settings(
+        upload_timeout_seconds=2, upload_min_bytes_per_second=0, max_pending_jobs=1, upload_dir=spool
+    )
     with gateway(settings) as (url, _):
         slow = _multipart(_file_part(b"\0" * 1000), path=b"/v1/jobs", declared=100_000)
         status, headers, body = _raw(url, slow)
-        _assert_error(status, headers, body, 504, "deadline_exceeded")
+        _assert_error(status, headers, body, 408, "upload_timeout")
+        assert headers["connection"] == "close"
+        assert "within 2 s" in json.loads(body)["error"]["message"]
+        assert not list(spool.iterdir())  # its temp file is gone
         with open(photo, "rb") as fh:
             resp = httpx.post(f"{url}/v1/jobs", files={"file": ("p.jpg", fh)}, timeout=30)
         assert resp.status_code == 202, resp.text  # the pending-job place was given back

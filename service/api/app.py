@@ -28,12 +28,13 @@ from starlette.types import ASGIApp
 
 from service import __version__, metrics
 from service.api.edge import CLIENT_CLOSED_REQUEST, Edge, error_response
+from service.api.fairness import FairSlots, TenantRates
 from service.api.jobs import JobStore
 from service.api.routes import decisions, health, jobs, score
 from service.api.scoring import ScoringService
 from service.compose import build_pipeline
 from service.config import Settings
-from service.errors import ModerationError, OverCapacity, classify
+from service.errors import MediaTooLarge, ModerationError, OverCapacity, UploadTimeout, classify
 from service.pipeline import Pipeline
 from service.sources import FetchPolicy
 from service.store import DecisionStore, brief_error
@@ -105,6 +106,11 @@ def create_app(
     app.state.settings = settings
     app.state.fetch_policy = FetchPolicy.from_settings(settings)
     app.state.jobs = JobStore(settings.max_jobs, settings.job_ttl_seconds, settings.max_pending_jobs)
+    app.state.rates = TenantRates(settings)
+    app.state.uploads = FairSlots(
+        "upload", settings.max_uploads, None, lambda tenant: settings.limits_for(tenant).weight
+    )
+    metrics.init_tenant_series(settings.tenants)
     app.state.tasks = set()
     app.include_router(score.router, tags=["scoring"])
     app.include_router(jobs.router, tags=["jobs"])
@@ -115,10 +121,13 @@ def create_app(
     async def _moderation_error(request: Request, exc: ModerationError) -> JSONResponse:
         headers = None
         if isinstance(exc, OverCapacity):
-            headers = {"retry-after": str(request.app.state.scoring.retry_after_seconds())}
+            retry = exc.retry_after_seconds or request.app.state.scoring.retry_after_seconds()
+            headers = {"retry-after": str(retry)}
         outcome = classify(exc)  # the one taxonomy: status and code as the worker and docs/worker.md see them
         if outcome.http_status == 503:
             headers = {"retry-after": str(settings.unavailable_retry_after_seconds)}
+        if isinstance(exc, UploadTimeout | MediaTooLarge):  # the rest of the body is not read: close
+            headers = {"connection": "close"}
         return error_response(outcome.http_status, outcome.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)

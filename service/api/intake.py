@@ -1,7 +1,15 @@
-"""Turn a scoring request into a media file on local disk: a streamed upload or a fetched URL."""
+"""Turn a scoring request into a sniffed media file on local disk: a streamed upload or a fetched URL.
+
+Reading a body (or fetching a URL) is I/O, not scoring: it holds one of `max_uploads` upload slots, shared
+fairly between tenants (`FairSlots`), never a scoring slot. A request waits up to `upload_slot_wait_seconds`
+for one (a slot held by a slow transfer frees within `upload_rate_window_seconds`, when the minimum rate cuts
+it), then gets 429. The media's first bytes are sniffed before it is handed on, so a file dfguard cannot
+analyse never takes a scoring slot either.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -12,9 +20,12 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from service.api.uploads import receive_upload
+from service import metrics
+from service.api.fairness import FairSlots
+from service.api.uploads import Pace, receive_upload
 from service.config import Settings
-from service.errors import InvalidRequest, UnsupportedContentType
+from service.errors import InvalidRequest, OverCapacity, UnsupportedContentType, UploadTimeout
+from service.media.sniff import SNIFF_BYTES, sniff
 from service.sources import FetchPolicy, fetch_to_file
 
 __all__ = ["Intake", "read_media"]
@@ -48,18 +59,68 @@ def _spool(settings: Settings) -> str | None:
     return str(settings.upload_dir) if settings.upload_dir is not None else None
 
 
+def upload_pace(settings: Settings) -> Pace:
+    return Pace(
+        settings.upload_timeout_seconds,
+        settings.upload_min_bytes_per_second,
+        settings.upload_rate_window_seconds,
+    )
+
+
 async def read_media(
+    request: Request,
+    settings: Settings,
+    policy: FetchPolicy,
+    model: type[M],
+    *,
+    tenant: str,
+    uploads: FairSlots,
+) -> tuple[Intake, M | None]:
+    """Media of a multipart upload (`file` part) or of a JSON body `{"url": ...}` parsed as `model`, sniffed,
+    read while holding an upload slot of `tenant`."""
+    try:
+        waited = await uploads.acquire(tenant, settings.upload_slot_wait_seconds)
+    except TimeoutError:
+        raise OverCapacity(
+            f"no upload slot came free within {settings.upload_slot_wait_seconds:g} s; retry later",
+            retry_after_seconds=max(1, round(settings.upload_rate_window_seconds)),
+        ) from None
+    metrics.TENANT_QUEUE_WAIT.labels(tenant=tenant, pool="upload").observe(waited)
+    try:
+        intake, body = await _read(request, settings, policy, model)
+    finally:
+        uploads.release(tenant)
+    try:
+        with intake.path.open("rb") as f:
+            sniff(f.read(SNIFF_BYTES))
+    except BaseException:
+        intake.remove()
+        raise
+    return intake, body
+
+
+async def _read(
     request: Request, settings: Settings, policy: FetchPolicy, model: type[M]
 ) -> tuple[Intake, M | None]:
-    """Media of a multipart upload (`file` part) or of a JSON body `{"url": ...}` parsed as `model`."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         upload = await receive_upload(
-            request, settings.max_media_bytes, _spool(settings), max_parts=settings.max_form_parts
+            request,
+            settings.max_media_bytes,
+            _spool(settings),
+            max_parts=settings.max_form_parts,
+            pace=upload_pace(settings),
         )
         return Intake(upload.path, upload.fields), None
     if ctype == "application/json":
-        raw = await _json_body(request)
+        try:  # at most 64 KiB: it has the stall allowance of an upload to arrive whole
+            async with asyncio.timeout(settings.upload_rate_window_seconds):
+                raw = await _json_body(request)
+        except TimeoutError:
+            metrics.UPLOADS_CUT.labels(reason="too_slow").inc()
+            raise UploadTimeout(
+                f"the JSON body did not arrive within {settings.upload_rate_window_seconds:g} s"
+            ) from None
         try:
             body = model.model_validate_json(raw)
         except ValidationError as exc:

@@ -1,7 +1,8 @@
 """Asynchronous jobs: accepted with 202, scored in the background, polled or delivered to a callback.
 
 Jobs live in memory, scoped by tenant (another tenant's job id answers 404, like a missing one), and are
-forgotten `job_ttl_seconds` after they finish; at most `max_jobs` are kept (then 429). A callback receives the
+forgotten `job_ttl_seconds` after they finish; at most `max_jobs` are kept, and at most `max_pending_jobs`
+(per tenant, `DFG_TENANT_LIMITS` may set it) are queued or running (then 429). A callback receives the
 same document as `GET /v1/jobs/{id}` by POST, signed with HMAC-SHA256 over `"{timestamp}.{body}"`
 (`X-Dfguard-Timestamp`, `X-Dfguard-Signature: sha256=<hex>`), retried with exponential backoff; its URL passes
 the same private-address (SSRF) check as media URLs, at submission and again before every attempt.
@@ -86,12 +87,16 @@ class JobStore:
         for k in expired:
             del self._jobs[k]
 
-    def create(self, tenant: str, callback_url: str | None) -> Job:
+    def create(self, tenant: str, callback_url: str | None, max_pending: int | None = None) -> Job:
+        """A new job of `tenant`, or `OverCapacity` when the store is full or the tenant has `max_pending`
+        (default: the store's) jobs queued or running."""
         self._purge()
         if len(self._jobs) >= self.max_jobs:
             raise OverCapacity(f"{self.max_jobs} jobs are pending or recent; retry later")
-        if sum(j.finished_monotonic is None for j in self._jobs.values()) >= self.max_pending:
-            raise OverCapacity(f"{self.max_pending} jobs are queued or running; retry later")
+        limit = max_pending or self.max_pending
+        pending = sum(j.finished_monotonic is None and j.tenant == tenant for j in self._jobs.values())
+        if pending >= limit:
+            raise OverCapacity(f"{limit} jobs of tenant {tenant} are queued or running; retry later")
         job = Job(id=uuid.uuid4().hex, tenant=tenant, callback_url=callback_url)
         self._jobs[job.id] = job
         return job

@@ -1,11 +1,14 @@
 """Admission control and execution of scoring requests for the gateway.
 
-Requests are admitted while fewer than `workers + max_queue` are in the gateway (waiting or running); past
-that they get 429 with a Retry-After estimated from recent latency, before their upload is even read, so an
-overload is refused cheaply instead of collapsing. Admitted requests wait for one of `workers` slots; the
-pipeline runs in a thread pool (the decoder is a child process, ONNX Runtime and OpenCV release the GIL),
-so the event loop never blocks. A request past its deadline gets 504, but its slot is only released when its
-thread really finishes: a timed-out request cannot make the gateway take on more work than it can do.
+Scoring takes one of `workers` slots (`FairSlots`, shared fairly between tenants); at most `max_queue`
+requests wait for one, beyond which a request gets 429 with a Retry-After estimated from recent latency,
+unless its tenant is below its fair share of the places (then it waits: one tenant's flood never locks
+another out). A request asks for a slot only once its media is on local disk and sniffed (the upload phase
+is I/O, `service/api/intake.py`), so slow uploads cost no scoring capacity. Async jobs queue for the same
+slots without a bound (their number is bounded per tenant by `max_pending_jobs`). The pipeline runs in a
+thread pool (the decoder is a child process, ONNX Runtime and OpenCV release the GIL), so the event loop never
+blocks. A request past its deadline gets 504, but its slot is only released when its thread really finishes:
+a timed-out request cannot make the gateway take on more work than it can do.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from service import metrics
+from service.api.fairness import FairSlots, SlotsFull
 from service.config import Settings
-from service.errors import DeadlineExceeded, OverCapacity
+from service.errors import DeadlineExceeded
 from service.pipeline import Pipeline
 from service.schemas import ScoreResult
 
@@ -32,56 +34,49 @@ class ScoringService:
         self.settings = settings
         self.pipeline = pipeline
         self.workers = settings.workers
-        self.capacity = settings.workers + settings.max_queue
+        self.slots = FairSlots(
+            "scoring",
+            settings.workers,
+            settings.max_queue,
+            lambda t: settings.limits_for(t).weight,
+            settings.running_cap_for,
+        )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="dfguard-score")
-        self._slots: asyncio.Semaphore | None = None
-        self._admitted = 0
         self._latency_ewma = 1.0  # seconds, for Retry-After
 
-    def _slot_semaphore(self) -> asyncio.Semaphore:
-        if self._slots is None:  # bound to the running loop on first use
-            self._slots = asyncio.Semaphore(self.workers)
-        return self._slots
-
-    @property
-    def admitted(self) -> int:
-        return self._admitted
-
     def retry_after_seconds(self) -> int:
-        waves = max(1.0, self._admitted / self.workers)
+        waves = max(1.0, (self.slots.held + self.slots.waiting) / self.workers)
         return max(1, min(60, math.ceil(self._latency_ewma * waves)))
 
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold one place in the gateway for the whole request, or raise `OverCapacity` (429)."""
-        if self._admitted >= self.capacity:
-            raise OverCapacity(
-                f"the service is at capacity ({self.capacity} requests in progress); retry later",
-            )
-        self._admitted += 1
-        try:
-            yield
-        finally:
-            self._admitted -= 1
+    def _gauges(self) -> None:
+        metrics.QUEUE_DEPTH.set(self.slots.waiting)
+        metrics.IN_FLIGHT.set(self.slots.held)
 
-    async def score(self, path: Path, deadline: float) -> ScoreResult:
-        """Score `path` on a worker thread; `deadline` is a `loop.time()` value."""
+    async def score(self, path: Path, deadline: float, tenant: str, *, bounded: bool = True) -> ScoreResult:
+        """Score `path` on a worker thread for `tenant`; `deadline` is a `loop.time()` value.
+
+        Raises `SlotsFull` (429) when `bounded` and the waiting room is full for this tenant."""
         loop = asyncio.get_running_loop()
-        slots = self._slot_semaphore()
-        metrics.QUEUE_DEPTH.inc()
         try:
-            await asyncio.wait_for(slots.acquire(), max(0.0, deadline - loop.time()))
+            waited = await self.slots.acquire(tenant, max(0.0, deadline - loop.time()), bounded=bounded)
         except TimeoutError:
             raise DeadlineExceeded("the request's deadline passed while it waited for a worker") from None
+        except SlotsFull:
+            metrics.TENANT_THROTTLED.labels(tenant=tenant, reason="over_capacity").inc()
+            raise
         finally:
-            metrics.QUEUE_DEPTH.dec()
-        metrics.IN_FLIGHT.inc()
+            self._gauges()
+        metrics.TENANT_QUEUE_WAIT.labels(tenant=tenant, pool="scoring").observe(waited)
         started = time.perf_counter()
 
         def _done(_: object) -> None:
             self._latency_ewma = 0.8 * self._latency_ewma + 0.2 * (time.perf_counter() - started)
-            metrics.IN_FLIGHT.dec()
-            loop.call_soon_threadsafe(slots.release)
+
+            def _release() -> None:
+                self.slots.release(tenant)
+                self._gauges()
+
+            loop.call_soon_threadsafe(_release)
 
         future = loop.run_in_executor(self.executor, self.pipeline.score_file, path)
         future.add_done_callback(_done)

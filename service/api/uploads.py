@@ -4,15 +4,22 @@ Nothing is buffered whole in memory: the body is parsed chunk by chunk (python-m
 goes straight to disk; the request is refused with 413 as soon as the declared Content-Length or the bytes
 received pass the limit, so an oversized upload costs at most the limit in disk and one chunk in memory.
 
-Every fault of the body is the client's, a 400 `invalid_request`: whatever python-multipart rejects (boundary,
-part headers, their size), more than `max_parts` parts, and a body that ends before its closing boundary (a
-truncated upload must not be scored as if it were the whole file). A client that goes away mid-upload raises
-Starlette's `ClientDisconnect`; the temp file is removed on every way out.
+A body that arrives too slowly is cut with 408 `upload_timeout`: past the whole-upload deadline, or behind the
+minimum rate. The rate is a leaky bucket: it starts with (and is capped at) `min_rate x window` bytes of
+credit and drains at `min_rate`, so a transfer may stall for at most `window` seconds (a mobile hand-over)
+whatever it sent before, and a trickle below `min_rate` is cut within about `window` seconds of its start.
+
+Every other fault of the body is the client's, a 400 `invalid_request`: whatever python-multipart rejects
+(boundary, part headers, their size), more than `max_parts` parts, and a body that ends before its closing
+boundary (a truncated upload must not be scored as if it were the whole file). A client that goes away
+mid-upload raises Starlette's `ClientDisconnect`; the temp file is removed on every way out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,12 +30,48 @@ from typing import IO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from service.errors import EmptyMedia, InvalidRequest, MediaTooLarge
+from service import metrics
+from service.errors import EmptyMedia, InvalidRequest, MediaTooLarge, UploadTimeout
 
-__all__ = ["Upload", "receive_upload"]
+__all__ = ["Pace", "Upload", "receive_upload"]
 
 _FIELD_LIMIT = 64 * 1024  # bytes of all non-file fields together
 _OVERHEAD = 64 * 1024  # multipart boundaries and part headers on top of the file itself
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a body must arrive: whole-upload deadline, minimum rate (0: none), the stall forgiven."""
+
+    timeout_seconds: float
+    min_bytes_per_second: float = 0.0
+    window_seconds: float = 30.0
+
+
+class _Meter:
+    """When an upload must be cut if no further byte arrives (loop time): its deadline or its rate."""
+
+    def __init__(self, pace: Pace, now: float) -> None:
+        self.pace = pace
+        self.deadline = now + pace.timeout_seconds
+        self.cap = pace.min_bytes_per_second * pace.window_seconds
+        self.credit = self.cap
+        self.last = now
+
+    def feed(self, n: int, now: float) -> None:
+        rate = self.pace.min_bytes_per_second
+        self.credit = min(self.cap, self.credit - rate * (now - self.last) + n)
+        self.last = now
+
+    def cut_at(self) -> float | None:
+        """Loop time of the cut, None for never (`asyncio.timeout_at` takes None, not infinity)."""
+        rate = self.pace.min_bytes_per_second
+        starved = self.last + self.credit / rate if rate > 0 else math.inf
+        when = min(self.deadline, starved)
+        return None if math.isinf(when) else when
+
+    def reason(self, now: float) -> str:
+        return "deadline" if now >= self.deadline else "too_slow"
 
 
 @dataclass
@@ -120,9 +163,35 @@ def _feed(write: Callable[[bytes], object], chunk: bytes) -> None:
 
 
 async def receive_upload(
-    request: Request, max_bytes: int, tmp_dir: str | None = None, *, max_parts: int = 16
+    request: Request,
+    max_bytes: int,
+    tmp_dir: str | None = None,
+    *,
+    max_parts: int = 16,
+    pace: Pace | None = None,
 ) -> Upload:
     """Read a `multipart/form-data` body whose `file` part is the media; other parts become `fields`."""
+    metrics.UPLOADS_IN_PROGRESS.inc()
+    try:
+        return await _receive(request, max_bytes, tmp_dir, max_parts, pace or Pace(math.inf))
+    except UploadTimeout:
+        raise  # counted where it is raised, with its reason
+    except MediaTooLarge:
+        metrics.UPLOADS_CUT.labels(reason="too_large").inc()
+        raise
+    except (InvalidRequest, EmptyMedia):
+        metrics.UPLOADS_CUT.labels(reason="invalid").inc()
+        raise
+    except BaseException:  # the client went away (ClientDisconnect), or the server is stopping
+        metrics.UPLOADS_CUT.labels(reason="client_gone").inc()
+        raise
+    finally:
+        metrics.UPLOADS_IN_PROGRESS.dec()
+
+
+async def _receive(
+    request: Request, max_bytes: int, tmp_dir: str | None, max_parts: int, pace: Pace
+) -> Upload:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -155,11 +224,29 @@ async def receive_upload(
                 max_size=max_bytes + _OVERHEAD,
             )
             received = 0
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > max_bytes + _OVERHEAD:
-                    raise MediaTooLarge(f"the upload is over the limit of {max_bytes} bytes")
-                _feed(parser.write, chunk)
+            loop = asyncio.get_running_loop()
+            meter = _Meter(pace, loop.time())
+            try:
+                async with asyncio.timeout_at(meter.cut_at()) as limit:
+                    async for chunk in request.stream():
+                        metrics.UPLOAD_BYTES.inc(len(chunk))
+                        meter.feed(len(chunk), loop.time())
+                        limit.reschedule(meter.cut_at())
+                        received += len(chunk)
+                        if received > max_bytes + _OVERHEAD:
+                            raise MediaTooLarge(f"the upload is over the limit of {max_bytes} bytes")
+                        _feed(parser.write, chunk)
+            except TimeoutError:
+                reason = meter.reason(loop.time())
+                metrics.UPLOADS_CUT.labels(reason=reason).inc()
+                if reason == "deadline":
+                    message = f"the upload did not finish within {pace.timeout_seconds:g} s"
+                else:
+                    message = (
+                        f"the upload fell below {pace.min_bytes_per_second:g} bytes/s "
+                        f"over {pace.window_seconds:g} s"
+                    )
+                raise UploadTimeout(message) from None
             _feed(lambda _: parser.finalize(), b"")
         if not state.ended:
             raise InvalidRequest("the multipart body ended before its closing boundary (truncated upload?)")

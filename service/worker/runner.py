@@ -1,12 +1,16 @@
 """The Kafka consumer loop: at-least-once, bounded concurrency, per-video ordering, contiguous commits.
 
 The main thread alone touches the consumer (kafka-python's consumer is not thread-safe): it polls, hands
-records to a thread pool, collects completions and commits. A record's offset is committed only after its
-outcome (flag event or dead letter) was acknowledged by the broker (acks=all, idempotent producer) and, for
-flags, the decision was stored, and only as part of a contiguous completed prefix of its partition. Records
-with the same key (video_id) run one after another; others run concurrently. When too much is buffered the
-partitions are paused (polling continues, so the group membership stays alive). On SIGTERM, in-flight events
-get `worker_shutdown_grace_seconds` to finish; whatever is not done then is not committed and is redelivered.
+records to the fair dispatcher (`service/worker/fairness.py`: one FIFO per tenant; a free event thread takes
+from the tenant with the fewest events in flight), collects completions and commits. A record's offset is
+committed only after its outcome (flag event or dead letter) was acknowledged by the broker (acks=all,
+idempotent producer) and, for flags, the decision was stored, and only as part of a contiguous completed
+prefix of its partition. Records with the same key (video_id) run one after another; others run concurrently.
+When `worker_max_buffered_events` records are taken and not finished the partitions are paused (polling
+continues, so the group membership stays alive); that buffer is larger than the concurrency so the worker
+reads past one tenant's burst to other tenants' events. On SIGTERM, in-flight events get
+`worker_shutdown_grace_seconds` to finish; whatever is not done then (or not started) is not committed and is
+redelivered.
 On a rebalance, what is done is committed without waiting for in-flight events (kafka-python 3 runs listeners
 on its IO thread, where waiting would stall heartbeats); a partition given straight back keeps its state, one
 that goes elsewhere is dropped: its in-flight events finish, and the new owner re-emits the stored decision,
@@ -46,11 +50,14 @@ from service.metrics import (
     EVENTS_DEAD_LETTERED,
     EVENTS_PRODUCED,
     REBALANCE_STALLS,
+    WORKER_BUFFERED,
+    WORKER_DISPATCH_WAIT,
     WORKER_IN_FLIGHT,
     WORKER_LAST_DECISION,
     WORKER_PROCESSING,
     WORKER_RETRIES,
 )
+from service.worker.fairness import FairQueue, tenant_of
 from service.worker.handler import Emission, EventHandler
 from service.worker.offsets import PartitionOffsets
 
@@ -79,9 +86,19 @@ class _Partition:
     tp: TopicPartition
     offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
     waiting: dict[bytes, deque[Any]] = field(default_factory=dict)  # key -> records behind the running one
-    running: set[bytes] = field(default_factory=set)  # keys with a record in flight
+    running: set[bytes] = field(default_factory=set)  # keys with a record in the fair queue or in flight
     revoked: bool = False
-    buffered: int = 0  # records taken and not finished (waiting or in flight)
+    buffered: int = 0  # records taken and not finished (waiting, queued or in flight)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A record whose key has nothing in flight, waiting in the fair queue for a thread."""
+
+    part: _Partition
+    key: bytes
+    record: Any
+    tenant: str
 
 
 @dataclass(frozen=True)
@@ -123,7 +140,9 @@ class Worker:
         self._rebalances: queue.Queue[tuple[str, set[TopicPartition]]] = queue.Queue()
         self._handing_over: dict[TopicPartition, _Partition] = {}  # revoked, awaiting the next assignment
         self._rebalancing_since: float | None = None  # a revocation not yet followed by an assignment
-        self._in_flight = 0
+        self._fair: FairQueue[_Ready] = FairQueue()  # guarded by _lock: event threads take from it too
+        self._slots = 0  # event threads running (each takes the next ready record when its own is done)
+        self._lock = threading.Lock()
         self._paused = False  # the assigned partitions are paused (buffer full, or held)
         self._full = False  # too much buffered: fetch nothing until half of it is done
         self._next_lag = 0.0
@@ -213,7 +232,7 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
-        log.info("worker: stopping; %d events in flight", self._in_flight)
+        log.info("worker: stopping; %d events in flight", self._fair.in_flight)
         self.ready.clear()
         self._drain(set(self._parts), self.s.worker_shutdown_grace_seconds)
         self._commit()
@@ -259,15 +278,54 @@ class Worker:
                 if key in part.running:
                     part.waiting.setdefault(key, deque()).append(record)
                 else:
-                    self._start(part, key, record)
+                    self._ready(part, key, record)
+        self._dispatch()
         if time.monotonic() >= self._next_lag:
             self._update_lag()
 
-    def _start(self, part: _Partition, key: bytes, record: Any) -> None:
+    def _ready(self, part: _Partition, key: bytes, record: Any) -> None:
+        """Queue a record whose key has nothing in hand; its key's later records now wait behind it."""
         part.running.add(key)
-        self._in_flight += 1
-        WORKER_IN_FLIGHT.set(self._in_flight)
-        self._pool.submit(self._process, part, key, record)
+        item = _Ready(part, key, record, tenant_of(record.value))
+        with self._lock:
+            self._fair.push(item.tenant, item, time.monotonic())
+
+    def _dispatch(self) -> None:
+        """Start a thread per free slot; each keeps taking the fairest ready record until none waits."""
+        if self.stop_event.is_set():
+            return
+        with self._lock:
+            while self._slots < self.s.worker_concurrency:
+                item = self._take()
+                if item is None:
+                    break
+                self._slots += 1
+                self._pool.submit(self._run_slot, item)
+
+    def _take(self) -> _Ready | None:
+        """(`_lock` held) The next record to start, from the tenant with the fewest events in flight."""
+        taken = self._fair.pop()
+        WORKER_IN_FLIGHT.set(self._fair.in_flight)
+        if taken is None:
+            return None
+        _, item, ready_at = taken
+        WORKER_DISPATCH_WAIT.observe(time.monotonic() - ready_at)
+        return item
+
+    def _run_slot(self, item: _Ready | None) -> None:
+        """Event thread: process, then take the next ready record at once (the main loop may be in a poll),
+        until nothing waits or the worker stops."""
+        while item is not None:
+            try:
+                self._process(item.part, item.key, item.record)
+            except Exception:  # never leak the slot; the record stays unfinished, as it did in the pool
+                log.exception("worker: event thread failed at %s/%d", item.part.tp, item.record.offset)
+            with self._lock:
+                self._fair.finished(item.tenant)
+                item = None if self.stop_event.is_set() else self._take()
+                if item is None:
+                    self._slots -= 1
+                WORKER_IN_FLIGHT.set(self._fair.in_flight)
 
     def _process(self, part: _Partition, key: bytes, record: Any) -> None:
         """Worker thread: decide, then produce and wait for the broker's acknowledgement."""
@@ -334,8 +392,6 @@ class Worker:
 
     def _finish(self, done: _Done) -> None:
         part = done.part
-        self._in_flight -= 1
-        WORKER_IN_FLIGHT.set(self._in_flight)
         part.running.discard(done.key)
         outcome = done.outcome
         if outcome is None:  # stopping: leave this and everything after it uncommitted
@@ -358,7 +414,7 @@ class Worker:
             if not waiting:
                 del part.waiting[done.key]
             if not self.stop_event.is_set():
-                self._start(part, done.key, record)
+                self._ready(part, done.key, record)
 
     def _commit(self, parts: set[TopicPartition] | None = None) -> None:
         assert self._consumer is not None
@@ -385,12 +441,15 @@ class Worker:
         return sum(p.buffered for p in self._parts.values())
 
     def _flow_control(self) -> None:
-        """Pause the partitions while the buffer is full or the worker is held; resume when neither."""
+        """Pause the partitions while the buffer is full or the worker is held; resume when neither. The loop
+        never waits on the buffer (only a shutdown drain waits), so its size leaves max.poll.interval be."""
         assert self._consumer is not None
-        limit = self.s.worker_concurrency + self.s.kafka_max_poll_records
-        if self._buffered >= limit:
+        limit = self.s.worker_max_buffered_events
+        buffered = self._buffered
+        WORKER_BUFFERED.set(buffered)
+        if buffered >= limit:
             self._full = True
-        elif self._buffered < limit // 2 + 1:
+        elif buffered < limit // 2 + 1:
             self._full = False
         pause = self._full or self.health.held
         assigned = list(self._parts)
@@ -485,7 +544,13 @@ class Worker:
         """Stop tracking a partition that is no longer ours; completions for it are ignored from now on."""
         part.revoked = True
         part.waiting.clear()
+        self._unqueue(part)
         self._forget_lag(part.tp)
+
+    def _unqueue(self, part: _Partition) -> list[_Ready]:
+        """Take a partition's records out of the fair queue (not started: left uncommitted, redelivered)."""
+        with self._lock:
+            return self._fair.remove(lambda item: item.part is part)
 
     def _drain(self, tps: set[TopicPartition], grace: float) -> None:
         """Let in-flight events of `tps` finish (no new ones start) for at most `grace` seconds."""
@@ -494,6 +559,9 @@ class Worker:
             if part is not None:
                 part.buffered -= sum(len(q) for q in part.waiting.values())  # redelivered later
                 part.waiting.clear()
+                queued = self._unqueue(part)
+                part.buffered -= len(queued)
+                part.running.difference_update(item.key for item in queued)
         deadline = time.monotonic() + grace
         while any(self._parts[tp].running for tp in tps if tp in self._parts):
             left = deadline - time.monotonic()

@@ -14,7 +14,8 @@ from service.api.auth import Caller, CallerDep, require_writer
 from service.api.intake import Intake, read_media
 from service.api.jobs import Job, deliver_callback
 from service.api.openapi import ERROR_RESPONSES, media_body
-from service.errors import DeadlineExceeded, InternalError, ModerationError, NotFound
+from service.api.tenancy import admit_job
+from service.errors import InternalError, ModerationError, NotFound
 from service.schemas import JobAccepted, JobRequest, JobStatus
 from service.sources import check_callback_url
 
@@ -27,7 +28,8 @@ async def _run(app_state: Any, job: Job, intake: Intake) -> None:
     job.set_running()
     try:
         deadline = loop.time() + app_state.settings.request_timeout_seconds
-        result = await app_state.scoring.score(intake.path, deadline)
+        # Accepted work: it waits its tenant's fair turn for a slot, however long the queue.
+        result = await app_state.scoring.score(intake.path, deadline, job.tenant, bounded=False)
         job.succeed(result)
         metrics.observe_result(result.decision, result.timings_ms.model_dump())
     except ModerationError as exc:
@@ -53,13 +55,19 @@ async def _run(app_state: Any, job: Job, intake: Intake) -> None:
 )
 async def create_job(request: Request, who: Annotated[Caller, Depends(require_writer)]) -> Any:
     state = request.app.state
-    job = state.jobs.create(who.tenant, None)  # reserve first: a full store refuses before any upload
+    # Reserve first: a full store refuses before any upload. The upload's own deadline and minimum rate
+    # keep a body trickled in slowly from holding the pending-job place for long.
+    limit = state.settings.pending_jobs_for(who.tenant)
+    job = admit_job(state, who.tenant, lambda: state.jobs.create(who.tenant, None, limit))
     try:
-        try:  # a body trickled in slowly must not hold a pending-job place for ever
-            async with asyncio.timeout(state.settings.request_timeout_seconds):
-                intake, body = await read_media(request, state.settings, state.fetch_policy, JobRequest)
-        except TimeoutError:
-            raise DeadlineExceeded("the upload or download did not finish before the deadline") from None
+        intake, body = await read_media(
+            request,
+            state.settings,
+            state.fetch_policy,
+            JobRequest,
+            tenant=who.tenant,
+            uploads=state.uploads,
+        )
         callback = body.callback_url if body is not None else intake.fields.get("callback_url") or None
         if callback:
             try:

@@ -11,7 +11,7 @@ from service import metrics
 from service.api.auth import Caller, require_writer
 from service.api.intake import read_media
 from service.api.openapi import ERROR_RESPONSES, media_body
-from service.errors import DeadlineExceeded
+from service.api.tenancy import admit_request
 from service.schemas import ScoreResult, ScoreUrlRequest
 
 router = APIRouter()
@@ -25,18 +25,22 @@ router = APIRouter()
     openapi_extra=media_body(ScoreUrlRequest),
 )
 async def score(request: Request, who: Annotated[Caller, Depends(require_writer)]) -> Any:
+    """Rate limit, then the upload (its own slots and pace), then a scoring slot; the deadline
+    (`request_timeout_seconds`) runs from the moment the media is on disk."""
     state = request.app.state
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + state.settings.request_timeout_seconds
-    async with state.scoring.admit():
-        try:
-            async with asyncio.timeout_at(deadline):
-                intake, _ = await read_media(request, state.settings, state.fetch_policy, ScoreUrlRequest)
-        except TimeoutError:
-            raise DeadlineExceeded("the upload or download did not finish before the deadline") from None
-        try:
-            result = await state.scoring.score(intake.path, deadline)
-        finally:
-            intake.remove()
+    admit_request(state, who.tenant)
+    intake, _ = await read_media(
+        request,
+        state.settings,
+        state.fetch_policy,
+        ScoreUrlRequest,
+        tenant=who.tenant,
+        uploads=state.uploads,
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_seconds
+        result = await state.scoring.score(intake.path, deadline, who.tenant)
+    finally:
+        intake.remove()
     metrics.observe_result(result.decision, result.timings_ms.model_dump())
     return result
