@@ -379,3 +379,20 @@ def process(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterat
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextlib.contextmanager
+def dfguard_serve(workdir: Path, **settings: str) -> Iterator[str]:
+    """`dfguard serve` in its own process (a clean metrics registry, its own GIL) with only the `DFG_*`
+    `settings` given and a SQLite store in `workdir`; yields its base URL once `/readyz` answers 200."""
+    from devtools.servers import free_port, wait_http_ok
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
+    env.update({"DFG_DATABASE_URL": f"sqlite:///{workdir / 'decisions.sqlite3'}", **settings})
+    log = workdir / "gateway.log"
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with process(cmd, env, log, cwd=workdir) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/readyz", lambda: proc.poll() is None, log, what="dfguard serve")
+        yield url

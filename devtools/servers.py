@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import create_app
 from service.api.server import server_config
@@ -43,6 +44,17 @@ def wait_http_ok(url: str, alive: Callable[[], bool], log: Path, *, what: str, t
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} not 200 within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`, read from `url`/metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
 
 
 @contextmanager

@@ -18,10 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devtools import media_factory as mf
-from devtools.servers import gateway
+from devtools.servers import gateway, metric_value
 from service.config import Settings
 
 
@@ -58,16 +57,6 @@ def _raw(url: str, data: bytes, timeout: float = 30) -> tuple[int, dict[str, str
                 break
             body += chunk
     return int(lines[0].split()[1]), headers, body
-
-
-def _metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def _wait_for(predicate: Any, timeout: float = 30) -> None:
@@ -133,10 +122,10 @@ def _cases(clip: bytes) -> dict[str, bytes]:
 )
 def test_every_multipart_fault_is_a_400(gw: tuple[str, Any], spool: Path, face_clip: Path, case: str) -> None:
     url, _ = gw
-    before = _metric(url, "dfguard_http_requests_total", route="/v1/score", code="400")
+    before = metric_value(url, "dfguard_http_requests_total", route="/v1/score", code="400")
     status, headers, body = _raw(url, _cases(face_clip.read_bytes()[:20_000])[case])
     _assert_error(status, headers, body, 400, "invalid_request")
-    assert _metric(url, "dfguard_http_requests_total", route="/v1/score", code="400") == before + 1
+    assert metric_value(url, "dfguard_http_requests_total", route="/v1/score", code="400") == before + 1
     assert not list(spool.iterdir()), "the upload's temp file is removed"
 
 
@@ -144,15 +133,15 @@ def test_a_client_leaving_mid_upload_is_counted_not_an_error(
     gw: tuple[str, Any], spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url, _ = gw
-    gone = _metric(url, "dfguard_client_disconnects_total", route="/v1/score")
-    internal = _metric(url, "dfguard_errors_total", code="internal_error")
+    gone = metric_value(url, "dfguard_client_disconnects_total", route="/v1/score")
+    internal = metric_value(url, "dfguard_errors_total", code="internal_error")
     caplog.set_level(logging.INFO)
     with socket.create_connection(("127.0.0.1", _port(url))) as sock:
         sock.sendall(_multipart(_file_part(b"\0" * 65_536), declared=2_000_000))
         _wait_for(lambda: list(spool.iterdir()))  # the upload is arriving
-    _wait_for(lambda: _metric(url, "dfguard_client_disconnects_total", route="/v1/score") == gone + 1)
-    assert _metric(url, "dfguard_http_requests_total", route="/v1/score", code="499") >= 1
-    assert _metric(url, "dfguard_errors_total", code="internal_error") == internal
+    _wait_for(lambda: metric_value(url, "dfguard_client_disconnects_total", route="/v1/score") == gone + 1)
+    assert metric_value(url, "dfguard_http_requests_total", route="/v1/score", code="499") >= 1
+    assert metric_value(url, "dfguard_errors_total", code="internal_error") == internal
     assert not list(spool.iterdir()), "the partial upload is removed"
     assert not [r for r in caplog.records if r.exc_info or "Exception in ASGI" in r.getMessage()]
     assert any(r.getMessage() == "client disconnected" for r in caplog.records)
@@ -181,7 +170,7 @@ def test_an_internal_error_is_metered_and_tagged(face_clip: Path, caplog: pytest
     """A 500 built by Starlette's ServerErrorMiddleware still reaches the request metrics (the 5xx alert)."""
     with gateway(Settings(workers=1)) as (url, app):
         app.state.pipeline.backend.inner.close()  # the embedded sessions are gone: scoring now fails inside
-        before = _metric(url, "dfguard_http_requests_total", route="/v1/score", code="500")
+        before = metric_value(url, "dfguard_http_requests_total", route="/v1/score", code="500")
         with open(face_clip, "rb") as fh:
             resp = httpx.post(
                 f"{url}/v1/score",
@@ -193,7 +182,7 @@ def test_an_internal_error_is_metered_and_tagged(face_clip: Path, caplog: pytest
             "error": {"code": "internal_error", "message": "internal error"}
         }
         assert resp.headers["x-request-id"] == "probe-500"
-        assert _metric(url, "dfguard_http_requests_total", route="/v1/score", code="500") == before + 1
+        assert metric_value(url, "dfguard_http_requests_total", route="/v1/score", code="500") == before + 1
     logged = [r for r in caplog.records if r.getMessage() == "unhandled error"]
     assert len(logged) == 1 and getattr(logged[0], "request_id", None) == "probe-500"  # logged once
 
@@ -208,7 +197,7 @@ def test_requests_in_flight_are_bounded_probes_excepted(spool: Path) -> None:
             assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-request-id"])
             for probe in ("/healthz", "/readyz", "/metrics"):
                 assert httpx.get(f"{url}{probe}").status_code == 200, probe
-            assert _metric(url, "dfguard_http_requests_total", code="429", route="unmatched") >= 1
+            assert metric_value(url, "dfguard_http_requests_total", code="429", route="unmatched") >= 1
         _wait_for(lambda: httpx.get(f"{url}/v1/jobs/x").status_code == 404)  # the hog left: room again
 
 

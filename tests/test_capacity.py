@@ -10,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import socket
 import statistics
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devtools import media_factory as mf
-from devtools.ops_tools import process
-from devtools.servers import free_port, gateway, wait_http_ok
+from devtools.ops_tools import dfguard_serve
+from devtools.servers import gateway, metric_value
 from service.api.fairness import FairSlots, SlotsFull, TokenBucket
 from service.api.uploads import Pace, _Meter
 from service.config import Settings, TenantLimits
@@ -144,16 +139,6 @@ def test_upload_pace_cuts_a_trickle_within_its_window_and_forgives_a_short_stall
 # --- helpers for the servers -----------------------------------------------------------------------------
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -226,15 +211,15 @@ def test_trickling_uploads_are_cut_and_cannot_starve_normal_ones(photo: Path, tm
     deadline = settings.upload_rate_window_seconds + settings.upload_slot_wait_seconds
     with gateway(settings) as (url, _):
         # the registry is the test process's: compare with what earlier tests left in it
-        cut_before = _metric(url, "dfguard_uploads_cut_total", reason="too_slow")
-        refused_before = _metric(url, "dfguard_errors_total", code="over_capacity")
+        cut_before = metric_value(url, "dfguard_uploads_cut_total", reason="too_slow")
+        refused_before = metric_value(url, "dfguard_errors_total", code="over_capacity")
         results: list[tuple[int, float]] = []
         stop = threading.Event()
         threads = [threading.Thread(target=_trickle, args=(url, results, stop)) for _ in range(n_trickling)]
         for t in threads:
             t.start()
         time.sleep(0.5)  # every slot is taken by a trickle now
-        assert _metric(url, "dfguard_uploads_in_progress") == 3
+        assert metric_value(url, "dfguard_uploads_in_progress") == 3
 
         def normal(_: int) -> tuple[int, float]:
             t0 = time.monotonic()
@@ -253,10 +238,10 @@ def test_trickling_uploads_are_cut_and_cannot_starve_normal_ones(photo: Path, tm
         assert all(status == 408 for status, _ in results), results
         # each was cut within the slot wait it may have spent queued plus its rate window (and slack)
         assert max(took for _, took in results) < deadline + 5
-        assert _metric(url, "dfguard_uploads_cut_total", reason="too_slow") == cut_before + n_trickling
-        assert _metric(url, "dfguard_upload_bytes_total") > 0
-        assert _metric(url, "dfguard_uploads_in_progress") == 0
-        assert _metric(url, "dfguard_errors_total", code="over_capacity") == refused_before
+        assert metric_value(url, "dfguard_uploads_cut_total", reason="too_slow") == cut_before + n_trickling
+        assert metric_value(url, "dfguard_upload_bytes_total") > 0
+        assert metric_value(url, "dfguard_uploads_in_progress") == 0
+        assert metric_value(url, "dfguard_errors_total", code="over_capacity") == refused_before
     assert not list(spool.iterdir())  # no temp file left behind
 
 
@@ -284,8 +269,8 @@ def test_headers_must_arrive_in_time_and_in_bounds(photo: Path) -> None:
             sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
             status, body = _read_answer(sock)
         assert status == 400 and b'"code": "invalid_request"' in body, body  # JSON, not plain text
-        assert _metric(url, "dfguard_http_connections_cut_total", reason="header_timeout") == 1
-        assert _metric(url, "dfguard_http_connections_cut_total", reason="headers_too_large") == 1
+        assert metric_value(url, "dfguard_http_connections_cut_total", reason="header_timeout") == 1
+        assert metric_value(url, "dfguard_http_connections_cut_total", reason="headers_too_large") == 1
         # a request that arrives in time on a kept-alive connection is untouched by the deadline
         with httpx.Client(base_url=url) as client:
             for _ in range(3):
@@ -324,20 +309,6 @@ def b_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@contextmanager
-def _serve(workdir: Path, **env_settings: str) -> Iterator[str]:
-    """`dfguard serve` in its own process: the flooding clients' threads must not share its GIL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
-    env.update(DFG_DATABASE_URL=f"sqlite:///{workdir / 'decisions.sqlite3'}", **env_settings)
-    log = workdir / "gateway.log"
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with process(cmd, env, log, cwd=workdir) as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/readyz", lambda: proc.poll() is None, log, what="dfguard serve")
-        yield url
-
-
 def test_a_greedy_tenant_cannot_starve_another(long_clip: Path, b_clip: Path, tmp_path: Path) -> None:
     """A floods with 10-s clips from 30 connections (retrying after Retry-After, as a client should); B's
     2-s clips are all admitted and start at once: A holds at most one of the two workers (the default cap
@@ -349,7 +320,7 @@ def test_a_greedy_tenant_cannot_starve_another(long_clip: Path, b_clip: Path, tm
         "DFG_MAX_QUEUE": "4",
         "DFG_INFERENCE_THREADS": "1",
     }
-    with _serve(tmp_path, **env) as url:
+    with dfguard_serve(tmp_path, **env) as url:
         _score(url, b_clip, "key-b")  # warm-up
         idle = [_score(url, b_clip, "key-b")[1] for _ in range(3)]
         stop = threading.Event()
@@ -375,16 +346,16 @@ def test_a_greedy_tenant_cannot_starve_another(long_clip: Path, b_clip: Path, tm
             f"{[round(r[1], 2) for r in busy]}  A: {len(a_results)} answers, {len(refused)} refused, "
             f"{sum(r[0] == 200 for r in a_results)} scored"
         )
-        b_wait = _metric(url, "dfguard_tenant_queue_wait_seconds_sum", tenant="b", pool="scoring")
+        b_wait = metric_value(url, "dfguard_tenant_queue_wait_seconds_sum", tenant="b", pool="scoring")
         ratio = statistics.median(r[1] for r in busy) / statistics.median(idle)
         print(f"B median latency {ratio:.2f}x idle; B waited {b_wait:.3f} s for scoring slots in all")
         assert [r[0] for r in busy] == [200] * 4
         assert b_wait < 0.5  # never behind A's clips: a worker was free for B each time
         assert ratio <= 2.0  # what is left is CPU shared on a 2-core machine
         assert refused and all(int(r[2]["retry-after"]) >= 1 for r in refused)
-        assert _metric(url, "dfguard_tenant_throttled_total", tenant="a", reason="over_capacity") > 0
-        assert _metric(url, "dfguard_tenant_throttled_total", tenant="b") == 0
-        assert _metric(url, "dfguard_tenant_queue_wait_seconds_count", tenant="b", pool="scoring") == 8
+        assert metric_value(url, "dfguard_tenant_throttled_total", tenant="a", reason="over_capacity") > 0
+        assert metric_value(url, "dfguard_tenant_throttled_total", tenant="b") == 0
+        assert metric_value(url, "dfguard_tenant_queue_wait_seconds_count", tenant="b", pool="scoring") == 8
 
 
 def test_a_burst_over_the_rate_gets_429_with_a_retry_after_that_holds(photo: Path) -> None:
@@ -403,7 +374,7 @@ def test_a_burst_over_the_rate_gets_429_with_a_retry_after_that_holds(photo: Pat
         assert _score(url, photo, "key-b")[0] == 200  # another tenant's bucket is its own
         time.sleep(max(retry))
         assert _score(url, photo, "key-a")[0] == 200  # after Retry-After it succeeds
-        assert _metric(url, "dfguard_tenant_throttled_total", tenant="a", reason="rate_limited") >= 1
+        assert metric_value(url, "dfguard_tenant_throttled_total", tenant="a", reason="rate_limited") >= 1
         body = httpx.post(
             f"{url}/v1/jobs",
             files={"file": ("p.jpg", photo.read_bytes())},

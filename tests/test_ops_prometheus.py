@@ -29,6 +29,7 @@ from devtools.ops_tools import (
     Prometheus,
     ScrapeTarget,
     dashboard_exprs,
+    dfguard_serve,
     docs_exprs,
     metric_name,
     process,
@@ -37,7 +38,7 @@ from devtools.ops_tools import (
     scaler_exprs,
     write_rules,
 )
-from devtools.servers import FlakyMediaHost, free_port, wait_http_ok
+from devtools.servers import FlakyMediaHost, free_port
 from devtools.triton_server import TritonServer
 from service.models import DEFAULT_MODEL
 from service.triton.repo import RepoOptions, build_repo
@@ -64,9 +65,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`dfguard serve` in its own process (a clean metrics registry), on the test's Triton."""
     workdir = tmp_path_factory.mktemp("ops-gateway")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DFG_")}
-    env.update(
+    with dfguard_serve(
+        workdir,
         DFG_BACKEND="triton",
         DFG_TRITON_URL=triton.grpc_url,
         DFG_TRITON_TIMEOUT_SECONDS="5",
@@ -75,13 +75,7 @@ def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> I
         DFG_TRITON_BREAKER_RESET_SECONDS="1",
         DFG_WORKERS="2",
         DFG_INFERENCE_THREADS="1",
-        DFG_DATABASE_URL=f"sqlite:///{workdir / 'decisions.sqlite3'}",
-    )
-    log = workdir / "gateway.log"
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with process(cmd, env, log, cwd=workdir) as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/readyz", lambda: proc.poll() is None, log, what="dfguard serve")
+    ) as url:
         yield url
 
 
