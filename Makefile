@@ -26,13 +26,13 @@ run: setup $(SAMPLE) $(SWAP_SAMPLE)
 	$(VENV)/dfguard serve --host 127.0.0.1 --port 8080
 
 lint: setup
-	$(VENV)/ruff check service bench tests scripts loadtest training devtools
-	$(VENV)/ruff format --check service bench tests scripts loadtest training devtools
+	$(VENV)/ruff check service bench tests scripts loadtest training devtools clients
+	$(VENV)/ruff format --check service bench tests scripts loadtest training devtools clients
 	$(VENV)/mypy
 
 format: setup
-	$(VENV)/ruff format service bench tests scripts loadtest training devtools
-	$(VENV)/ruff check --fix service bench tests scripts loadtest training devtools
+	$(VENV)/ruff format service bench tests scripts loadtest training devtools clients
+	$(VENV)/ruff check --fix service bench tests scripts loadtest training devtools clients
 
 # pytest exits 5 when it collected no test; that is not a failure of the suite itself.
 test: setup lint

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
+
+if TYPE_CHECKING:
+    from service.worker import Worker
 
 
 @dataclass(frozen=True)
@@ -160,3 +166,17 @@ def committed_and_end(bootstrap: str, group: str, topic: str) -> tuple[dict[int,
         return committed, {tp.partition: ends[tp] for tp in tps}
     finally:
         consumer.close()
+
+
+@contextmanager
+def running_worker(worker: Worker) -> Iterator[Worker]:
+    """Run `worker` in a thread until the block ends; it must join its group, and stop, within 60 s."""
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        assert worker.ready.wait(60), "the worker did not get partitions"
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(60)
+        assert not thread.is_alive(), "the worker did not stop"

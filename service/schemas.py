@@ -134,11 +134,19 @@ class _In(BaseModel):
 class ScoreUrlRequest(_In):
     """Score media that the service fetches itself (http/https; private addresses are refused)."""
 
-    url: str = Field(min_length=1, max_length=4096, description="http(s) URL of the video or image.")
+    url: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="http(s) URL of the video or image (s3://bucket/key where enabled).",
+    )
 
 
 class JobRequest(_In):
-    url: str = Field(min_length=1, max_length=4096, description="http(s) URL of the video or image.")
+    url: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="http(s) URL of the video or image (s3://bucket/key where enabled).",
+    )
     callback_url: str | None = Field(
         None, max_length=4096, description="Receives the finished job by POST (signed, retried)."
     )

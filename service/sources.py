@@ -5,8 +5,10 @@ nothing of theirs: `fetch_to_file` for asyncio callers, `fetch_to_file_sync` for
 
 Decisions:
 
-* Schemes: `http`/`https` (SSRF-checked), `file` only under `FetchPolicy.file_root`; `s3` is recognised and
-  refused as not implemented yet. Anything else is `InvalidUrl`. Redirects may only lead to `http`/`https`.
+* Schemes: `http`/`https` (SSRF-checked), `file` only under `FetchPolicy.file_root`, `s3://bucket/key` only
+  when the policy has an object store (`DFG_S3_ENABLED`; `service/s3.py`: parsing, the caller's tenant's
+  bucket allow-list, the store's errors) and is given the tenant. Anything else is `InvalidUrl`. Redirects
+  may only lead to `http`/`https`.
 * Parsing is strict rather than forgiving: no whitespace, control characters or backslashes anywhere, no
   userinfo (not even an empty `@`), no IPv6 zone ids, hostnames limited to LDH labels (after IDNA). A host
   that ends in a number is an IPv4 address as the WHATWG URL standard reads it (`2130706433`, `0x7f.1`,
@@ -56,7 +58,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, TypedDict
+from typing import TYPE_CHECKING, BinaryIO, Literal, TypedDict
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -73,6 +75,9 @@ from service.errors import (
     SourceUnavailable,
     UrlNotAllowed,
 )
+
+if TYPE_CHECKING:
+    from service.s3 import S3Access
 
 __all__ = [
     "FetchPolicy",
@@ -116,6 +121,7 @@ class FetchPolicy:
     file_root: Path | None = None
     schemes: frozenset[str] = _SUPPORTED_SCHEMES
     ssl_context: ssl.SSLContext | None = None  # None: httpx's default trust store (certifi)
+    s3: S3Access | None = field(default=None, repr=False, compare=False)  # None: s3:// URIs are refused
     _allow_names: frozenset[str] = field(init=False, repr=False, compare=False)
     _allow_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
 
@@ -147,6 +153,11 @@ class FetchPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
+        s3 = None
+        if settings.s3_enabled:
+            from service.s3 import S3Access  # boto3 is imported only where s3:// is enabled
+
+            s3 = S3Access(settings)
         return cls(
             max_bytes=settings.max_media_bytes,
             timeout_seconds=settings.fetch_timeout_seconds,
@@ -154,6 +165,7 @@ class FetchPolicy:
             max_redirects=settings.fetch_max_redirects,
             allow_hosts=tuple(settings.fetch_allow_hosts),
             file_root=settings.file_uri_root,
+            s3=s3,
         )
 
     def _host_allowed(self, host: str) -> bool:
@@ -224,10 +236,15 @@ def check_callback_url(url: str, policy: FetchPolicy) -> ResolvedUrl:
     return _check_http(url, policy, "callback URL")
 
 
-async def fetch_to_file(url: str, dest: Path, policy: FetchPolicy) -> Fetched:
-    """Fetch `url` into `dest` (created or truncated), enforcing `policy`; `dest` is removed on failure."""
-    if _dispatch(url, policy) == "file":
+async def fetch_to_file(url: str, dest: Path, policy: FetchPolicy, *, tenant: str | None = None) -> Fetched:
+    """Fetch `url` into `dest` (created or truncated), enforcing `policy`; `dest` is removed on failure.
+
+    `tenant` is the caller's: an `s3://` URI is read only from a bucket that tenant may read."""
+    kind = _dispatch(url, policy)
+    if kind == "file":
         return await asyncio.to_thread(_copy_file_uri, url, dest, policy)
+    if kind == "s3":  # blocking boto3 in a thread, bounded by its own deadline (checked per chunk)
+        return await asyncio.to_thread(_fetch_s3, url, dest, policy, tenant)
     transfer = _HttpTransfer(url, dest, policy)
     try:
         async with (
@@ -251,10 +268,13 @@ async def fetch_to_file(url: str, dest: Path, policy: FetchPolicy) -> Fetched:
         raise transfer.translate(exc) from exc
 
 
-def fetch_to_file_sync(url: str, dest: Path, policy: FetchPolicy) -> Fetched:
+def fetch_to_file_sync(url: str, dest: Path, policy: FetchPolicy, *, tenant: str | None = None) -> Fetched:
     """The blocking twin of `fetch_to_file` for threaded callers (the Kafka worker); same checks."""
-    if _dispatch(url, policy) == "file":
+    kind = _dispatch(url, policy)
+    if kind == "file":
         return _copy_file_uri(url, dest, policy)
+    if kind == "s3":
+        return _fetch_s3(url, dest, policy, tenant)
     transfer = _HttpTransfer(url, dest, policy)
     try:
         with httpx.Client(**_client_options(policy)) as client:
@@ -461,17 +481,51 @@ def _copy_file_uri(url: str, dest: Path, policy: FetchPolicy) -> Fetched:
 
 
 def _file_deadline(policy: FetchPolicy) -> Callable[[], Exception]:
-    return lambda: DeadlineExceeded(f"copying the file took longer than {policy.timeout_seconds:g} s")
+    return _deadline("copying the file", policy)
+
+
+def _deadline(doing: str, policy: FetchPolicy) -> Callable[[], Exception]:
+    return lambda: DeadlineExceeded(f"{doing} took longer than {policy.timeout_seconds:g} s")
+
+
+# --- s3:// --------------------------------------------------------------------------------------------------
+
+
+def _fetch_s3(url: str, dest: Path, policy: FetchPolicy, tenant: str | None) -> Fetched:
+    """Stream an `s3://` object the tenant may read to `dest`, with the size limit, deadline and digest."""
+    assert policy.s3 is not None, "dispatched only with an object store"
+    location = policy.s3.locate(url, tenant)
+    deadline = time.monotonic() + policy.timeout_seconds
+    on_deadline = _deadline(f"fetching {location.uri[:300]}", policy)
+    try:
+        obj = policy.s3.open(
+            location, policy.max_bytes
+        )  # each try bounded by the read timeout (the deadline)
+        try:
+            if time.monotonic() > deadline:
+                raise on_deadline()
+            with _Sink(dest, policy.max_bytes, deadline, on_deadline) as sink:
+                for chunk in obj.chunks():
+                    sink.write(chunk)
+                return sink.finish(location.uri, obj.content_type)
+        finally:
+            obj.close()
+    except SourceUnavailable as exc:  # a read timeout past the deadline is the deadline's, as for http(s)
+        if time.monotonic() >= deadline:
+            raise on_deadline() from exc
+        raise
 
 
 # --- URL checks -------------------------------------------------------------------------------------------
 
 
-def _dispatch(url: str, policy: FetchPolicy) -> Literal["http", "file"]:
+def _dispatch(url: str, policy: FetchPolicy) -> Literal["http", "file", "s3"]:
     """Route a URI by scheme, refusing schemes the policy does not allow before any work is done."""
     scheme = _scheme_of(url)
     if scheme == "s3":
-        raise InvalidUrl("s3:// URIs are not supported yet; use a presigned https URL")
+        if policy.s3 is None:
+            raise InvalidUrl("s3:// URIs are not enabled on this service (DFG_S3_ENABLED); use an https URL")
+        return "s3"
     if scheme not in policy.schemes:
         raise InvalidUrl(
             f"URI scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(policy.schemes))})"

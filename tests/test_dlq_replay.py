@@ -8,11 +8,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +18,16 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from devtools.kafka_broker import KafkaBroker
-from devtools.kafka_tools import Producer, Topics, create_topics, read_to_end, upload_event
+from devtools.kafka_tools import Producer, Topics, create_topics, read_to_end, running_worker, upload_event
 from devtools.servers import FlakyMediaHost, free_port
 from service.config import Settings
 from service.events import FlagEvent
 from service.pipeline import Pipeline
 from service.store import DecisionStore
-from service.worker import Worker, build_worker
+from service.worker import build_worker
 from service.worker.replay import REPLAY_COUNT_HEADER, ReplayFilter, replay
 
 pytestmark = pytest.mark.kafka
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        assert worker.ready.wait(60), "the worker did not join its group"
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(60)
-        assert not thread.is_alive()
 
 
 def _wait(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[Any]:
@@ -92,7 +76,7 @@ def test_replay_after_a_fault_decides_each_video_once_and_a_rerun_replays_nothin
     producer = Producer(kafka.bootstrap)
     host = None
     try:
-        with running(build_worker(s, pipeline)):
+        with running_worker(build_worker(s, pipeline)):
             # The fault: the media host is down, so every event is dead-lettered after its retries.
             for v in videos:
                 event = upload_event(v, f"http://127.0.0.1:{port}/clip.mp4")

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from devtools.kafka_tools import (
     create_topics,
     file_uri,
     read_topic,
+    running_worker,
     upload_event,
 )
 from devtools.servers import FlakyMediaHost, free_port, gateway
@@ -74,19 +74,6 @@ def _settings(kafka: KafkaBroker, topics: Topics, tmp_path: Path, media_root: Pa
     return Settings(**{**base, **kw})
 
 
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        assert worker.ready.wait(60), "the worker did not get partitions"
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "the worker did not stop"
-
-
 def _flags(records: list[Any]) -> list[FlagEvent]:
     return [FlagEvent.model_validate_json(r.value) for r in records]
 
@@ -122,7 +109,7 @@ def test_upload_event_becomes_a_stored_flag_event_with_headers(
 ) -> None:
     s = _settings(kafka, topics, tmp_path, media_root)
     event = upload_event("vid-1", file_uri(media_root / "a.mp4"))
-    with running(build_worker(s, pipeline)):
+    with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, event, headers=[("trace_id", b"trace-123")])
         records = read_topic(kafka.bootstrap, topics.flags, 1)
     assert len(records) == 1
@@ -158,7 +145,7 @@ def test_redelivered_and_repeated_events_re_emit_the_identical_decision(
     first = upload_event("vid-2", file_uri(media_root / "a.mp4"))
     again = dict(first)  # the same event delivered twice
     other = upload_event("vid-2", file_uri(media_root / "b.mp4"))  # a later event for the same video
-    with running(build_worker(s, pipeline)):
+    with running_worker(build_worker(s, pipeline)):
         for e in (first, again, other):
             producer.send(topics.uploads, e)
         records = read_topic(kafka.bootstrap, topics.flags, 3)
@@ -200,7 +187,7 @@ def test_poison_events_go_to_the_dlq_with_their_bytes_and_the_partition_moves_on
         (json.dumps(upload_event("vid-6", file_uri(media_root / "nope.mp4"))).encode(), "media_not_found"),
     ]
     before = _metric("dfguard_worker_events_dead_lettered_total", reason="schema_violation")
-    with running(build_worker(s, pipeline)):
+    with running_worker(build_worker(s, pipeline)):
         for value, _ in poison:
             producer.send(topics.uploads, value, key="k", headers=[("origin", b"test")])
         producer.send(topics.uploads, upload_event("vid-ok", file_uri(media_root / "a.mp4")))
@@ -233,7 +220,7 @@ def test_media_that_cannot_be_analysed_gets_a_review_flag_with_the_error_code(
     code: str,
 ) -> None:
     s = _settings(kafka, topics, tmp_path, media_root)
-    with running(build_worker(s, pipeline)):
+    with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, upload_event("vid-bad", file_uri(media_root / name)))
         (flag,) = _flags(read_topic(kafka.bootstrap, topics.flags, 1))
     assert flag.decision == "review" and flag.score is None and flag.reasons == [code]
@@ -254,7 +241,7 @@ def test_transient_fetch_faults_are_retried_then_dead_lettered(
     dead_host = f"http://127.0.0.1:{free_port()}"  # nothing listens: every attempt fails
     retries = _metric("dfguard_worker_retries_total", reason="fetch_failed")
     try:
-        with running(build_worker(s, pipeline)):
+        with running_worker(build_worker(s, pipeline)):
             producer.send(topics.uploads, upload_event("vid-flaky", f"{host.url}/a.mp4"))
             producer.send(topics.uploads, upload_event("vid-dead", f"{dead_host}/a.mp4"))
             flags = _flags(read_topic(kafka.bootstrap, topics.flags, 1))
@@ -280,7 +267,7 @@ def test_exact_reposts_reuse_the_verdict_and_never_leak_other_tenants_ids(
 ) -> None:
     s = _settings(kafka, topics, tmp_path, media_root)
     hits = _metric("dfguard_dedup_hits_total", kind="exact")
-    with running(build_worker(s, pipeline)):
+    with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, upload_event("orig", file_uri(media_root / "a.mp4")))
         read_topic(kafka.bootstrap, topics.flags, 1)
         producer.send(topics.uploads, upload_event("repost", file_uri(media_root / "a.mp4")))
@@ -341,7 +328,7 @@ def test_near_duplicate_of_a_flagged_clip_is_flagged_at_once_but_of_an_allowed_c
     _flagged_original(store, pipeline, media_root / "a.mp4", "known-fake", "flag")
     _flagged_original(store, pipeline, media_root / "c.mp4", "known-real", "allow")
     mf.make_face_free_clip(media_root / "c_reencoded.mp4", seconds=2.0, width=480, height=270, crf=34)
-    with running(build_worker(s, pipeline, store)):
+    with running_worker(build_worker(s, pipeline, store)):
         producer.send(topics.uploads, upload_event("reupload", file_uri(media_root / "a_reencoded.mp4")))
         producer.send(topics.uploads, upload_event("other-face", file_uri(media_root / "b.mp4")))
         producer.send(topics.uploads, upload_event("real-repost", file_uri(media_root / "c_reencoded.mp4")))
@@ -475,7 +462,7 @@ def test_a_broker_restart_during_processing_loses_nothing(
         videos = [f"r{i}" for i in range(8)]
         for v in videos[:4]:
             own.send(topics.uploads, upload_event(v, file_uri(media_root / "a.mp4")))
-        with running(build_worker(s, pipeline)):
+        with running_worker(build_worker(s, pipeline)):
             assert read_topic(broker.bootstrap, topics.flags, 1, timeout=60)
             broker.restart(down_seconds=2)
             for v in videos[4:]:
@@ -505,8 +492,8 @@ def test_two_workers_share_partitions_and_a_leaving_one_hands_over_without_loss(
     store = DecisionStore(s.database_url)
     a, b = build_worker(s, pipeline, store), build_worker(s, pipeline, store)
     videos = [f"w{i:02d}" for i in range(16)]
-    with running(a):
-        with running(b):
+    with running_worker(a):
+        with running_worker(b):
             deadline = time.monotonic() + 30
             while not (a._parts and b._parts and len(a._parts) + len(b._parts) == 4):
                 assert time.monotonic() < deadline, "both workers got partitions"
@@ -538,7 +525,7 @@ def test_a_rebalance_that_never_assigns_is_unstalled_by_a_fresh_join(
     real new join that assigns the partitions again, and events keep being decided."""
     s = _settings(kafka, topics, tmp_path, media_root, worker_rebalance_stall_seconds=2.0)
     stalls = _metric("dfguard_worker_rebalance_stalls_total")
-    with running(build_worker(s, pipeline)) as worker:
+    with running_worker(build_worker(s, pipeline)) as worker:
         parts = set(worker._parts)
         assert parts, "assigned before the stall"
         deadline = time.monotonic() + 60
@@ -578,7 +565,7 @@ def test_lag_gauge_equals_the_true_lag_and_drops_to_zero(
     handler = _GatedHandler(s, pipeline, DecisionStore(s.database_url))
     handler.gate = threading.Event()
     labels = {"group": topics.group, "topic": topics.uploads, "partition": "0"}
-    with running(Worker(s, handler)):
+    with running_worker(Worker(s, handler)):
         for i in range(5):
             producer.send(topics.uploads, upload_event(f"lag{i}", file_uri(media_root / "c.mp4")))
         deadline = time.monotonic() + 20
@@ -609,7 +596,7 @@ def test_the_worker_stores_decisions_in_postgresql(
     s = _settings(kafka, topics, tmp_path, media_root, database_url=postgres.url)
     with DecisionStore(s.database_url).engine.begin() as conn:  # the cluster is shared by the session
         conn.exec_driver_sql("TRUNCATE decisions, frame_hashes RESTART IDENTITY")
-    with running(build_worker(s, pipeline)):
+    with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, upload_event("pg-1", file_uri(media_root / "a.mp4")))
         read_topic(kafka.bootstrap, topics.flags, 1)
         producer.send(topics.uploads, upload_event("pg-2", file_uri(media_root / "a.mp4")))

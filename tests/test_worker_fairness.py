@@ -11,8 +11,6 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from devtools.kafka_tools import (
     create_topics,
     file_uri,
     read_topic,
+    running_worker,
     upload_event,
 )
 from service.config import Settings
@@ -160,19 +159,6 @@ def _settings(kafka: KafkaBroker, topics: Topics, tmp_path: Path, root: Path, **
     return Settings(**{**base, **kw})
 
 
-@contextmanager
-def _running(worker: Worker) -> Iterator[Worker]:
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        assert worker.ready.wait(60), "the worker did not get partitions"
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "the worker did not stop"
-
-
 @pytest.mark.kafka
 def test_a_bursting_tenant_does_not_hold_the_other_tenants_videos_behind_its_burst(
     kafka: KafkaBroker, pipeline: Pipeline, clips: Path, tmp_path: Path
@@ -182,7 +168,7 @@ def test_a_bursting_tenant_does_not_hold_the_other_tenants_videos_behind_its_bur
     s = _settings(kafka, topics, tmp_path, clips)
     producer = Producer(kafka.bootstrap)
     try:
-        with _running(build_worker(s, pipeline)):
+        with running_worker(build_worker(s, pipeline)):
             # One event first, so the figures do not include a cold start.
             producer.send(topics.uploads, upload_event("warm", file_uri(clips / f"{BURST + STEADY:04d}.mp4")))
             assert read_topic(kafka.bootstrap, topics.flags, 1, timeout=60)
@@ -254,7 +240,7 @@ def test_records_waiting_in_the_fair_queue_at_shutdown_stay_uncommitted_and_are_
     producer = Producer(kafka.bootstrap)
     try:
         worker = Worker(s, handler)
-        with _running(worker):
+        with running_worker(worker):
             for i, (video, tenant) in enumerate(videos):
                 producer.send(
                     topics.uploads, upload_event(video, file_uri(clips / f"{i:04d}.mp4"), tenant=tenant)
@@ -271,7 +257,7 @@ def test_records_waiting_in_the_fair_queue_at_shutdown_stay_uncommitted_and_are_
         assert committed == {0: 0} and end == {0: len(videos)}, "nothing committed past what is not done"
 
         handler.gate.set()
-        with _running(build_worker(s, pipeline)):  # a fresh worker: the first closed its handler
+        with running_worker(build_worker(s, pipeline)):  # a fresh worker: the first closed its handler
             records = read_topic(kafka.bootstrap, topics.flags, len(videos), timeout=60)
     finally:
         handler.gate.set()

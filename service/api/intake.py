@@ -87,7 +87,7 @@ async def read_media(
         ) from None
     metrics.TENANT_QUEUE_WAIT.labels(tenant=tenant, pool="upload").observe(waited)
     try:
-        intake, body = await _read(request, settings, policy, model)
+        intake, body = await _read(request, settings, policy, model, tenant)
     finally:
         uploads.release(tenant)
     try:
@@ -100,7 +100,7 @@ async def read_media(
 
 
 async def _read(
-    request: Request, settings: Settings, policy: FetchPolicy, model: type[M]
+    request: Request, settings: Settings, policy: FetchPolicy, model: type[M], tenant: str
 ) -> tuple[Intake, M | None]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
@@ -132,7 +132,7 @@ async def _read(
         os.close(fd)
         intake = Intake(Path(name))
         try:
-            await fetch_to_file(url, intake.path, policy)
+            await fetch_to_file(url, intake.path, policy, tenant=tenant)  # s3://: the tenant's buckets
         except BaseException:
             intake.remove()
             raise

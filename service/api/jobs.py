@@ -3,9 +3,11 @@
 Jobs live in memory, scoped by tenant (another tenant's job id answers 404, like a missing one), and are
 forgotten `job_ttl_seconds` after they finish; at most `max_jobs` are kept, and at most `max_pending_jobs`
 (per tenant, `DFG_TENANT_LIMITS` may set it) are queued or running (then 429). A callback receives the
-same document as `GET /v1/jobs/{id}` by POST, signed with HMAC-SHA256 over `"{timestamp}.{body}"`
-(`X-Dfguard-Timestamp`, `X-Dfguard-Signature: sha256=<hex>`), retried with exponential backoff; its URL passes
-the same private-address (SSRF) check as media URLs, at submission and again before every attempt.
+same document as `GET /v1/jobs/{id}` by POST, signed with HMAC-SHA256 over `"{timestamp}.{body}"` under
+each of the tenant's active secrets (`X-Dfguard-Timestamp`, `X-Dfguard-Signature:
+sha256=<hex>[,sha256=<hex>]`; receivers check it with `dfguard_client.verify_callback`), retried with
+exponential backoff; its URL passes the same private-address (SSRF) check as media URLs, at submission and
+again before every attempt. A tenant without a secret gets no callbacks unless `callback_allow_unsigned`.
 """
 
 from __future__ import annotations
@@ -131,8 +133,9 @@ async def deliver_callback(job: Job, settings: Settings, policy: FetchPolicy) ->
                 "x-dfguard-timestamp": ts,
                 "x-dfguard-attempt": str(attempt),
             }
-            if settings.callback_secret:
-                headers["x-dfguard-signature"] = sign(settings.callback_secret, ts, body)
+            secrets = settings.callback_secrets_for(job.tenant)
+            if secrets:  # one signature per active secret: a receiver mid-rotation verifies either
+                headers["x-dfguard-signature"] = ",".join(sign(secret, ts, body) for secret in secrets)
             timeout = settings.callback_timeout_seconds
             async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False) as client:
                 resp = await client.post(

@@ -6,7 +6,13 @@ from service.compose import build_pipeline
 from service.config import Settings
 from service.pipeline import Pipeline
 from service.store import DecisionStore
-from service.worker.dependencies import LazyStore, inference_probe, kafka_probe, store_probe
+from service.worker.dependencies import (
+    LazyStore,
+    inference_probe,
+    kafka_probe,
+    object_store_probe,
+    store_probe,
+)
 from service.worker.handler import Emission, EventHandler
 from service.worker.health import Health
 from service.worker.runner import Worker
@@ -33,5 +39,9 @@ def build_worker(
         store_probe(stores),
         kafka_probe(settings.kafka_bootstrap_servers, settings.worker_probe_timeout_seconds),
     ]
+    if settings.s3_enabled:  # the handler's fetches hold on the same endpoint this probes
+        from service.s3 import S3Access
+
+        probes.append(object_store_probe(S3Access(settings)))
     health = Health.from_settings(probes, settings)
     return Worker(settings, EventHandler(settings, pipeline, stores, health))

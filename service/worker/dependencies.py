@@ -1,10 +1,10 @@
-"""The worker's shared dependencies and one health probe each: the inference backend, the decision store and
-Kafka (a configured object store adds one more, the same way).
+"""The worker's shared dependencies and one health probe each: the inference backend, the decision store,
+Kafka and, where s3:// sources are enabled, the object store.
 
 A probe is a quick call that raises when its dependency cannot serve: backend readiness (Triton: the server
-and the ensemble ready), `SELECT 1`, a TCP connection to a broker. Probes, not one event's error, decide an
-outage (`service/worker/health.py`). The store is opened lazily, so a worker starts (and holds) while the
-database is still down instead of crash-looping.
+and the ensemble ready), `SELECT 1`, a TCP connection to a broker, one signed S3 ListBuckets. Probes, not one
+event's error, decide an outage (`service/worker/health.py`). The store is opened lazily, so a worker starts
+(and holds) while the database is still down instead of crash-looping.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,7 +21,10 @@ from service.errors import BackendUnavailable, StoreUnavailable
 from service.inference import InferenceBackend
 from service.store import DecisionStore
 
-__all__ = ["LazyStore", "Probe", "inference_probe", "kafka_probe", "store_probe"]
+if TYPE_CHECKING:
+    from service.s3 import S3Access
+
+__all__ = ["LazyStore", "Probe", "inference_probe", "kafka_probe", "object_store_probe", "store_probe"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,9 @@ def kafka_probe(bootstrap_servers: str, timeout: float) -> Probe:
         raise ConnectionError("no bootstrap broker reachable (" + "; ".join(errors) + ")")
 
     return Probe("kafka", check)
+
+
+def object_store_probe(access: S3Access) -> Probe:
+    """Up = the S3 API answers dfguard's signed request (an `AccessDenied` answer included: the store serves);
+    down = no answer, a 5xx, or dfguard's own credentials refused (`S3Access.check_endpoint`)."""
+    return Probe("object_store", access.check_endpoint)

@@ -50,7 +50,7 @@ from service.pipeline import Pipeline
 from service.schemas import ModelRef, ScoreResult
 from service.sources import FetchPolicy, fetch_to_file_sync
 from service.store import DecisionStore, NewDecision, StoredDecision
-from service.worker.dependencies import LazyStore, inference_probe, store_probe
+from service.worker.dependencies import LazyStore, inference_probe, object_store_probe, store_probe
 from service.worker.health import Health
 
 __all__ = ["Emission", "EventHandler", "flag_event_id"]
@@ -108,10 +108,11 @@ class EventHandler:
         self.settings = settings
         self.pipeline = pipeline
         self.stores = store if isinstance(store, LazyStore) else LazyStore(store=store)
-        self.health = health or Health.from_settings(
-            [inference_probe(pipeline.backend), store_probe(self.stores)], settings
-        )
         self.policy = FetchPolicy.from_settings(settings)
+        probes = [inference_probe(pipeline.backend), store_probe(self.stores)]
+        if self.policy.s3 is not None:
+            probes.append(object_store_probe(self.policy.s3))
+        self.health = health or Health.from_settings(probes, settings)
         self.thresholds = pipeline.used_thresholds
         self.scratch = tempfile.mkdtemp(prefix="dfguard-worker-")  # fetched media, one file per event
 
@@ -225,7 +226,7 @@ class EventHandler:
     def _analyse(self, upload: UploadEvent, dest: Path, store: DecisionStore) -> NewDecision:
         t0 = time.perf_counter()
         try:
-            fetched = fetch_to_file_sync(upload.uri, dest, self.policy)
+            fetched = fetch_to_file_sync(upload.uri, dest, self.policy, tenant=upload.tenant)
         except MediaError as exc:
             if not exc.review:
                 raise

@@ -15,7 +15,8 @@ from service.api.intake import Intake, read_media
 from service.api.jobs import Job, deliver_callback
 from service.api.openapi import ERROR_RESPONSES, media_body
 from service.api.tenancy import admit_job
-from service.errors import InternalError, ModerationError, NotFound
+from service.config import Settings
+from service.errors import InternalError, InvalidRequest, ModerationError, NotFound
 from service.schemas import JobAccepted, JobRequest, JobStatus
 from service.sources import check_callback_url
 
@@ -45,6 +46,16 @@ async def _run(app_state: Any, job: Job, intake: Intake) -> None:
         await deliver_callback(job, app_state.settings, app_state.fetch_policy)
 
 
+def _require_signing(settings: Settings, tenant: str) -> None:
+    """Callbacks are signed unless unsigned ones are allowed explicitly: a receiver must be able to tell a
+    verdict from dfguard from a forged one."""
+    if not settings.callback_secrets_for(tenant) and not settings.callback_allow_unsigned:
+        raise InvalidRequest(
+            f"callbacks are signed and tenant {tenant} has no callback secret (DFG_CALLBACK_SECRETS); "
+            "poll GET /v1/jobs/{job_id} instead"
+        )
+
+
 @router.post(
     "/v1/jobs",
     status_code=202,
@@ -71,6 +82,7 @@ async def create_job(request: Request, who: Annotated[Caller, Depends(require_wr
         callback = body.callback_url if body is not None else intake.fields.get("callback_url") or None
         if callback:
             try:
+                _require_signing(state.settings, who.tenant)
                 await asyncio.to_thread(check_callback_url, callback, state.fetch_policy)
             except BaseException:
                 intake.remove()
