@@ -405,11 +405,21 @@ class Settings(BaseSettings):
         return self.max_http_in_flight or self.workers + self.max_queue + self.max_uploads + 64
 
     def limits_for(self, tenant: str) -> TenantLimits:
-        """The limits of `tenant`: its own entry, else the `*` entry, else the built-in defaults."""
-        return self.tenant_limits.get(tenant) or self.tenant_limits.get(DEFAULT_TENANT) or TenantLimits()
+        """The limits of `tenant`: the `*` entry (else the built-in defaults), with what the tenant's own
+        entry sets on top."""
+        base = self.tenant_limits.get(DEFAULT_TENANT) or TenantLimits()
+        own = self.tenant_limits.get(tenant)
+        if own is None or tenant == DEFAULT_TENANT:
+            return base
+        return base.model_copy(update={name: getattr(own, name) for name in own.model_fields_set})
 
     def pending_jobs_for(self, tenant: str) -> int:
         return self.limits_for(tenant).max_pending_jobs or self.max_pending_jobs
+
+    def upload_cap_for(self, tenant: str) -> int:
+        """Upload slots `tenant` may hold at once: all with one tenant, half of them with several (a tenant
+        streaming at exactly the minimum rate keeps its slots until the upload deadline)."""
+        return self.max_uploads if len(self.tenants) <= 1 else max(1, self.max_uploads // 2)
 
     def running_cap_for(self, tenant: str) -> int:
         """Scoring slots `tenant` may hold at once (see `TenantLimits.max_running`)."""

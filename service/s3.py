@@ -35,6 +35,7 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,10 @@ def parse_s3_uri(url: str) -> S3Location:
         raise InvalidUrl(f"s3:// bucket {bucket[:80]!r} is not a bucket name: {problem}")
     if not slash or not key:
         raise InvalidUrl("an s3:// URI must name an object: s3://bucket/key")
+    if key.startswith("/") or any(part in (".", "..") for part in key.split("/")):
+        # Sent as is in a path-style request, `..` could be normalised by the store or a proxy in front of
+        # it into another bucket, past the allow-list that checked this one.
+        raise InvalidUrl("an s3:// key may not start with / or have . or .. segments")
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate
@@ -134,6 +139,11 @@ class S3Access:
 
     def __init__(self, settings: Settings) -> None:
         self.buckets = {tenant: frozenset(names) for tenant, names in settings.s3_buckets.items()}
+        # Blocking boto3 reads run here, not in the event loop's default executor, which DNS and callback
+        # checks share: slow objects must not queue everyone else's URL fetches behind them.
+        self.executor = ThreadPoolExecutor(
+            max(4, settings.max_uploads, settings.worker_concurrency), thread_name_prefix="dfguard-s3"
+        )
         session = boto3.session.Session(region_name=settings.s3_region)
         self.client: S3Client = session.client(
             "s3",

@@ -243,8 +243,10 @@ async def fetch_to_file(url: str, dest: Path, policy: FetchPolicy, *, tenant: st
     kind = _dispatch(url, policy)
     if kind == "file":
         return await asyncio.to_thread(_copy_file_uri, url, dest, policy)
-    if kind == "s3":  # blocking boto3 in a thread, bounded by its own deadline (checked per chunk)
-        return await asyncio.to_thread(_fetch_s3, url, dest, policy, tenant)
+    if kind == "s3":  # blocking boto3 in the store's own threads, bounded by its deadline (checked per chunk)
+        assert policy.s3 is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(policy.s3.executor, _fetch_s3, url, dest, policy, tenant)
     transfer = _HttpTransfer(url, dest, policy)
     try:
         async with (

@@ -102,6 +102,9 @@ def test_s3_uri_parser_never_crashes(text: str) -> None:
         ("s3://10.0.0.1/k", "IP address"),
         ("s3://u@bucket/k", "no credentials"),
         ("s3://bucket/" + "k" * 1025, "at most 1024"),
+        ("s3://allowed/../victim/secret.mp4", ". or .. segments"),
+        ("s3://allowed/a/./b", ". or .. segments"),
+        ("s3://allowed//victim/k", "start with /"),
         ("https://bucket/k", "starts with s3://"),
     ],
 )

@@ -107,8 +107,16 @@ def create_app(
     app.state.fetch_policy = FetchPolicy.from_settings(settings)
     app.state.jobs = JobStore(settings.max_jobs, settings.job_ttl_seconds, settings.max_pending_jobs)
     app.state.rates = TenantRates(settings)
+    # With several tenants the waiting room is as large as the pool: past it, a tenant over its share of the
+    # places gets 429 instead of piling up against DFG_MAX_HTTP_IN_FLIGHT. With one tenant there is nobody to
+    # protect, and its normal uploads must be able to wait behind slow ones until those are cut.
+    several = len(settings.tenants) > 1
     app.state.uploads = FairSlots(
-        "upload", settings.max_uploads, None, lambda tenant: settings.limits_for(tenant).weight
+        "upload",
+        settings.max_uploads,
+        settings.max_uploads if several else None,
+        lambda tenant: settings.limits_for(tenant).weight,
+        settings.upload_cap_for,
     )
     metrics.init_tenant_series(settings.tenants)
     app.state.tasks = set()

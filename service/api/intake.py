@@ -1,10 +1,12 @@
 """Turn a scoring request into a sniffed media file on local disk: a streamed upload or a fetched URL.
 
 Reading a body (or fetching a URL) is I/O, not scoring: it holds one of `max_uploads` upload slots, shared
-fairly between tenants (`FairSlots`), never a scoring slot. A request waits up to `upload_slot_wait_seconds`
-for one (a slot held by a slow transfer frees within `upload_rate_window_seconds`, when the minimum rate cuts
-it), then gets 429. The media's first bytes are sniffed before it is handed on, so a file dfguard cannot
-analyse never takes a scoring slot either.
+fairly between tenants (`FairSlots`; with several tenants one holds at most half of them), never a scoring
+slot. A request waits up to `upload_slot_wait_seconds` for one (a slot held by a transfer under the minimum
+rate frees within `upload_rate_window_seconds`), then gets 429; with several tenants, so does a tenant over
+its share of the slots and their waiting room (as large as the pool) when that room is full. The media's
+first bytes are sniffed before it is handed on, so a file dfguard cannot analyse never takes a scoring slot
+either.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from service import metrics
-from service.api.fairness import FairSlots
+from service.api.fairness import FairSlots, SlotsFull
 from service.api.uploads import Pace, receive_upload
 from service.config import Settings
 from service.errors import InvalidRequest, OverCapacity, UnsupportedContentType, UploadTimeout
@@ -80,6 +82,9 @@ async def read_media(
     read while holding an upload slot of `tenant`."""
     try:
         waited = await uploads.acquire(tenant, settings.upload_slot_wait_seconds)
+    except SlotsFull:
+        metrics.TENANT_THROTTLED.labels(tenant=tenant, reason="over_capacity").inc()
+        raise
     except TimeoutError:
         raise OverCapacity(
             f"no upload slot came free within {settings.upload_slot_wait_seconds:g} s; retry later",

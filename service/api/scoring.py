@@ -52,13 +52,18 @@ class ScoringService:
         metrics.QUEUE_DEPTH.set(self.slots.waiting)
         metrics.IN_FLIGHT.set(self.slots.held)
 
-    async def score(self, path: Path, deadline: float, tenant: str, *, bounded: bool = True) -> ScoreResult:
-        """Score `path` on a worker thread for `tenant`; `deadline` is a `loop.time()` value.
+    async def score(
+        self, path: Path, deadline: float | None, tenant: str, *, bounded: bool = True
+    ) -> ScoreResult:
+        """Score `path` on a worker thread for `tenant`. `deadline` (a `loop.time()` value) covers the wait
+        for a slot too; None (accepted jobs): wait for the tenant's turn however long, then
+        `request_timeout_seconds` for the scoring itself.
 
         Raises `SlotsFull` (429) when `bounded` and the waiting room is full for this tenant."""
         loop = asyncio.get_running_loop()
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
         try:
-            waited = await self.slots.acquire(tenant, max(0.0, deadline - loop.time()), bounded=bounded)
+            waited = await self.slots.acquire(tenant, timeout, bounded=bounded)
         except TimeoutError:
             raise DeadlineExceeded("the request's deadline passed while it waited for a worker") from None
         except SlotsFull:
@@ -67,6 +72,8 @@ class ScoringService:
         finally:
             self._gauges()
         metrics.TENANT_QUEUE_WAIT.labels(tenant=tenant, pool="scoring").observe(waited)
+        if deadline is None:
+            deadline = loop.time() + self.settings.request_timeout_seconds
         started = time.perf_counter()
 
         def _done(_: object) -> None:

@@ -25,6 +25,11 @@ __all__ = ["guarded_protocol", "server_config"]
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a refused request (httptools reports it as a parse
+    error, which `send_400_response` then ignores on the closing connection)."""
+
+
 def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with a deadline and a size limit on every request head."""
 
@@ -54,6 +59,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[async
             self._head_bytes += n
             if self._head_bytes > max_header_bytes:
                 self._refuse(431, "headers_too_large", f"request headers over {max_header_bytes} bytes")
+                raise _Refused  # stop the parser: the rest of this read must not start a request
 
         def on_url(self, url: bytes) -> None:
             self._count(len(url))
@@ -71,7 +77,8 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[async
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._disarm()
-            super().on_headers_complete()
+            if not self.transport.is_closing():  # refused already: never start the app for it
+                super().on_headers_complete()
 
         def _head_too_slow(self) -> None:
             self._timer = None
@@ -80,10 +87,14 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[async
                 self._refuse(408, "header_timeout", message)
 
         def send_400_response(self, msg: str) -> None:
+            if self.transport.is_closing():  # the parser stopped because the request was refused
+                return
             metrics.ERRORS.labels(code="invalid_request").inc()
             self._answer(400, "invalid_request", msg)
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
+            if self.transport.is_closing():
+                return
             metrics.HTTP_CONNECTIONS_CUT.labels(reason=reason).inc()
             code = "request_timeout" if status == 408 else "headers_too_large"
             metrics.ERRORS.labels(code=code).inc()

@@ -25,12 +25,11 @@ log = logging.getLogger("dfguard.jobs")
 
 
 async def _run(app_state: Any, job: Job, intake: Intake) -> None:
-    loop = asyncio.get_running_loop()
     job.set_running()
     try:
-        deadline = loop.time() + app_state.settings.request_timeout_seconds
-        # Accepted work: it waits its tenant's fair turn for a slot, however long the queue.
-        result = await app_state.scoring.score(intake.path, deadline, job.tenant, bounded=False)
+        # Accepted work: it waits its tenant's fair turn for a slot, however long the queue (bounded by the
+        # tenant's max_pending_jobs); the scoring deadline starts once it has the slot.
+        result = await app_state.scoring.score(intake.path, None, job.tenant, bounded=False)
         job.succeed(result)
         metrics.observe_result(result.decision, result.timings_ms.model_dump())
     except ModerationError as exc:
