@@ -17,6 +17,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
+from service.config import Settings
+
 if TYPE_CHECKING:
     from service.worker import Worker
 
@@ -180,3 +182,19 @@ def running_worker(worker: Worker) -> Iterator[Worker]:
         worker.stop()
         thread.join(60)
         assert not thread.is_alive(), "the worker did not stop"
+
+
+def worker_settings(bootstrap: str, topics: Topics, workdir: Path, media_root: Path, **kw: Any) -> Settings:
+    """Settings of a worker under test: these topics, a SQLite store in `workdir`, `file://` media under
+    `media_root`, two events at once, short retry backoffs; `kw` overrides any of it."""
+    base: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "database_url": f"sqlite:///{workdir / 'decisions.sqlite3'}",
+        "file_uri_root": media_root,
+        "worker_concurrency": 2,
+        "worker_retry_backoff_seconds": 0.1,
+        "worker_retry_backoff_max_seconds": 0.5,
+        "kafka_session_timeout_ms": 6000,
+        **topics.settings(),
+    }
+    return Settings(**{**base, **kw})

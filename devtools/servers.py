@@ -30,6 +30,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until(
+    predicate: Callable[[], object], timeout: float, *, interval: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll `predicate` every `interval` seconds until it is truthy; fail the caller after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
 def wait_http_ok(url: str, alive: Callable[[], bool], log: Path, *, what: str, timeout: float = 90) -> None:
     """Poll `url` until it answers 200. A process that exits first, or time running out, fails the caller
     with the tail of the process's log, which is what explains it."""

@@ -145,27 +145,17 @@ class S3Access:
             max(4, settings.max_uploads, settings.worker_concurrency), thread_name_prefix="dfguard-s3"
         )
         session = boto3.session.Session(region_name=settings.s3_region)
-        self.client: S3Client = session.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            config=_config(
-                settings,
-                timeout=settings.fetch_timeout_seconds,
-                connect_timeout=settings.fetch_connect_timeout_seconds,
-                attempts=settings.s3_max_attempts,
-                pool=max(10, settings.max_uploads, settings.worker_concurrency),
-            ),
+        self.client = _client(
+            session,
+            settings,
+            timeout=settings.fetch_timeout_seconds,
+            connect_timeout=settings.fetch_connect_timeout_seconds,
+            attempts=settings.s3_max_attempts,
+            pool=max(10, settings.max_uploads, settings.worker_concurrency),
         )
-        self.probe_client: S3Client = session.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            config=_config(
-                settings,
-                timeout=settings.worker_probe_timeout_seconds,
-                connect_timeout=settings.worker_probe_timeout_seconds,
-                attempts=1,
-                pool=2,
-            ),
+        probe_timeout = settings.worker_probe_timeout_seconds
+        self.probe_client = _client(
+            session, settings, timeout=probe_timeout, connect_timeout=probe_timeout, attempts=1, pool=2
         )
 
     def allowed(self, tenant: str, bucket: str) -> bool:
@@ -206,10 +196,17 @@ class S3Access:
             raise ObjectStoreUnavailable(f"the S3 endpoint does not answer: {exc}") from exc
 
 
-def _config(
-    settings: Settings, *, timeout: float, connect_timeout: float, attempts: int, pool: int
-) -> Config:
-    return Config(
+def _client(
+    session: boto3.session.Session,
+    settings: Settings,
+    *,
+    timeout: float,
+    connect_timeout: float,
+    attempts: int,
+    pool: int,
+) -> S3Client:
+    """An S3 client of the configured endpoint, signed V4, with its own timeouts, retries and pool."""
+    config = Config(
         signature_version="s3v4",
         s3={"addressing_style": settings.s3_addressing_style},
         user_agent_extra="dfguard",
@@ -218,6 +215,7 @@ def _config(
         retries={"mode": "standard", "total_max_attempts": attempts},
         max_pool_connections=pool,
     )
+    return session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
 
 
 def _translate(exc: BaseException, location: S3Location) -> ModerationError:

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from devtools import media_factory as mf
-from devtools.servers import gateway, metric_value
+from devtools.servers import gateway, metric_value, wait_until
 from service.config import Settings
 
 
@@ -57,13 +56,6 @@ def _raw(url: str, data: bytes, timeout: float = 30) -> tuple[int, dict[str, str
                 break
             body += chunk
     return int(lines[0].split()[1]), headers, body
-
-
-def _wait_for(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _multipart(body: bytes, path: bytes = b"/v1/score", declared: int | None = None) -> bytes:
@@ -138,8 +130,12 @@ def test_a_client_leaving_mid_upload_is_counted_not_an_error(
     caplog.set_level(logging.INFO)
     with socket.create_connection(("127.0.0.1", _port(url))) as sock:
         sock.sendall(_multipart(_file_part(b"\0" * 65_536), declared=2_000_000))
-        _wait_for(lambda: list(spool.iterdir()))  # the upload is arriving
-    _wait_for(lambda: metric_value(url, "dfguard_client_disconnects_total", route="/v1/score") == gone + 1)
+        wait_until(lambda: list(spool.iterdir()), 30, interval=0.05)  # the upload is arriving
+    wait_until(
+        lambda: metric_value(url, "dfguard_client_disconnects_total", route="/v1/score") == gone + 1,
+        30,
+        interval=0.05,
+    )
     assert metric_value(url, "dfguard_http_requests_total", route="/v1/score", code="499") >= 1
     assert metric_value(url, "dfguard_errors_total", code="internal_error") == internal
     assert not list(spool.iterdir()), "the partial upload is removed"
@@ -191,14 +187,16 @@ def test_requests_in_flight_are_bounded_probes_excepted(spool: Path) -> None:
     with gateway(Settings(max_http_in_flight=1, upload_dir=spool)) as (url, _):
         with socket.create_connection(("127.0.0.1", _port(url))) as hog:
             hog.sendall(_multipart(_file_part(b"\0" * 1000), declared=100_000))
-            _wait_for(lambda: httpx.get(f"{url}/v1/jobs/x").status_code == 429)
+            wait_until(lambda: httpx.get(f"{url}/v1/jobs/x").status_code == 429, 30, interval=0.05)
             resp = httpx.get(f"{url}/v1/jobs/x")
             assert resp.json()["error"]["code"] == "over_capacity" and int(resp.headers["retry-after"]) >= 1
             assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-request-id"])
             for probe in ("/healthz", "/readyz", "/metrics"):
                 assert httpx.get(f"{url}{probe}").status_code == 200, probe
             assert metric_value(url, "dfguard_http_requests_total", code="429", route="unmatched") >= 1
-        _wait_for(lambda: httpx.get(f"{url}/v1/jobs/x").status_code == 404)  # the hog left: room again
+        wait_until(
+            lambda: httpx.get(f"{url}/v1/jobs/x").status_code == 404, 30, interval=0.05
+        )  # the hog left: room again
 
 
 def test_a_stalled_job_body_gets_408_and_frees_its_place(tmp_path: Path, spool: Path) -> None:

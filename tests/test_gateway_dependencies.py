@@ -8,27 +8,18 @@ only after the gateway is up.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from devtools.postgres_server import PostgresServer
-from devtools.servers import gateway
+from devtools.servers import gateway, wait_until
 from devtools.triton_server import TritonServer
 from service.config import Settings
 from service.models import UNTRAINED_MANIFEST
 from service.store import migrate
 from service.triton.repo import RepoOptions, build_repo
-
-
-def _wait_for(predicate: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
 
 
 def _upload(url: str, path: Path) -> httpx.Response:
@@ -54,7 +45,7 @@ def test_gateway_starts_with_the_store_down_and_recovers(
             assert got.headers["retry-after"] == "3"
             assert _upload(url, face_clip).status_code == 200, "scoring does not need the store"
             pg.start()
-            _wait_for(lambda: httpx.get(f"{url}/readyz").json()["status"] == "ok")
+            wait_until(lambda: httpx.get(f"{url}/readyz").json()["status"] == "ok", 90, interval=0.2)
             got = httpx.get(f"{url}/v1/decisions/vid-1")
             assert got.status_code == 404 and got.json()["error"]["code"] == "not_found"
             assert migrate.current(app.state.store.engine) == migrate.head(), "migrated once it answered"
@@ -93,7 +84,7 @@ def test_gateway_starts_with_triton_down_and_recovers(
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "backend_unavailable"
             assert resp.headers["retry-after"] == "2"
             server.start()
-            _wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+            wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 90, interval=0.2)
             resp = _upload(url, face_clip)
             assert resp.status_code == 200 and resp.json()["faces_detected"] == 32
     finally:

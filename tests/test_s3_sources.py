@@ -36,7 +36,7 @@ from devtools.kafka_tools import (
     upload_event,
 )
 from devtools.s3_server import S3Server
-from devtools.servers import gateway
+from devtools.servers import gateway, wait_until
 from service.config import Settings
 from service.errors import (
     Action,
@@ -374,13 +374,6 @@ def _retries(reason: str) -> float:
     return REGISTRY.get_sample_value("dfguard_worker_retries_total", {"reason": reason}) or 0.0
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @s3
 @pytest.mark.kafka
 def test_worker_flags_s3_events_dead_letters_refusals_and_holds_through_an_outage(
@@ -428,7 +421,7 @@ def test_worker_flags_s3_events_dead_letters_refusals_and_holds_through_an_outag
             own_store.stop()  # the endpoint goes away under the running worker
             for i in range(4, 8):
                 producer.send(topics.uploads, upload_event(f"ok-{i}", _uri("acme-media", f"events/{i}.mp4")))
-            _wait(lambda: _up("object_store") == 0, 30, "the object_store probe to fail")
+            wait_until(lambda: _up("object_store") == 0, 30, what="the object_store probe to fail")
             assert _retries("object_store_unavailable") > retried, "an event's fetch met the outage first"
             time.sleep(3)  # held: nothing decided, nothing dead-lettered
             assert len(read_to_end(kafka.bootstrap, topics.flags)) == 4

@@ -23,7 +23,7 @@ from dfguard_client.webhooks import (
 )
 
 from devtools import media_factory as mf
-from devtools.servers import asgi_app, gateway
+from devtools.servers import asgi_app, gateway, wait_until
 from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,13 +110,6 @@ def _submit(url: str, photo: Path, callback: str, key: str = "key-a") -> httpx.R
         )
 
 
-def _until(predicate: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_the_readme_receiver_verifies_the_gateways_real_callbacks_during_a_rotation(
     receivers: tuple[ModuleType, str, ModuleType, str], photo: Path
 ) -> None:
@@ -131,7 +124,7 @@ def test_the_readme_receiver_verifies_the_gateways_real_callbacks_during_a_rotat
         for target, module in ((moved_url, moved), (behind_url, behind)):
             resp = _submit(url, photo, f"{target}/dfguard/callback")
             assert resp.status_code == 202, resp.text
-            _until(lambda m=module: len(m.verdicts) == 1)  # type: ignore[misc]
+            wait_until(lambda m=module: len(m.verdicts) == 1, 60)  # type: ignore[misc]
             verdict = module.verdicts[0]
             assert verdict["job_id"] == resp.json()["job_id"] and verdict["status"] == "succeeded"
             assert verdict["result"]["decision"] in ("allow", "review", "flag")

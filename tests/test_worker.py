@@ -29,6 +29,7 @@ from devtools.kafka_tools import (
     read_topic,
     running_worker,
     upload_event,
+    worker_settings,
 )
 from devtools.servers import FlakyMediaHost, free_port, gateway
 from service.config import Settings
@@ -59,19 +60,8 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(kafka: KafkaBroker, topics: Topics, tmp_path: Path, media_root: Path, **kw: Any) -> Settings:
-    base: dict[str, Any] = {
-        "kafka_bootstrap_servers": kafka.bootstrap,
-        "database_url": f"sqlite:///{tmp_path / 'decisions.sqlite3'}",
-        "file_uri_root": media_root,
-        "worker_concurrency": 2,
-        "worker_retry_backoff_seconds": 0.1,
-        "worker_retry_backoff_max_seconds": 0.5,
-        "worker_lag_interval_seconds": 0.2,
-        "kafka_session_timeout_ms": 6000,
-        "worker_shutdown_grace_seconds": 20,
-        **topics.settings(),
-    }
-    return Settings(**{**base, **kw})
+    quick = {"worker_lag_interval_seconds": 0.2, "worker_shutdown_grace_seconds": 20}
+    return worker_settings(kafka.bootstrap, topics, tmp_path, media_root, **{**quick, **kw})
 
 
 def _flags(records: list[Any]) -> list[FlagEvent]:

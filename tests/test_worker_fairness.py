@@ -28,6 +28,7 @@ from devtools.kafka_tools import (
     read_topic,
     running_worker,
     upload_event,
+    worker_settings,
 )
 from service.config import Settings
 from service.events import FlagEvent
@@ -146,17 +147,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory, face_clip: Path) -> Path:
 
 
 def _settings(kafka: KafkaBroker, topics: Topics, tmp_path: Path, root: Path, **kw: Any) -> Settings:
-    base: dict[str, Any] = {
-        "kafka_bootstrap_servers": kafka.bootstrap,
-        "database_url": f"sqlite:///{tmp_path / 'decisions.sqlite3'}",
-        "file_uri_root": root,
-        "worker_concurrency": 2,
-        "worker_retry_backoff_seconds": 0.1,
-        "worker_retry_backoff_max_seconds": 0.5,
-        "kafka_session_timeout_ms": 6000,
-        **topics.settings(),
-    }
-    return Settings(**{**base, **kw})
+    return worker_settings(kafka.bootstrap, topics, tmp_path, root, **kw)
 
 
 @pytest.mark.kafka

@@ -69,17 +69,13 @@ def upload_pace(settings: Settings) -> Pace:
     )
 
 
-async def read_media(
-    request: Request,
-    settings: Settings,
-    policy: FetchPolicy,
-    model: type[M],
-    *,
-    tenant: str,
-    uploads: FairSlots,
-) -> tuple[Intake, M | None]:
+async def read_media(request: Request, model: type[M], tenant: str) -> tuple[Intake, M | None]:
     """Media of a multipart upload (`file` part) or of a JSON body `{"url": ...}` parsed as `model`, sniffed,
-    read while holding an upload slot of `tenant`."""
+    read while holding one of the gateway's upload slots for `tenant`."""
+    state = request.app.state
+    settings: Settings = state.settings
+    policy: FetchPolicy = state.fetch_policy
+    uploads: FairSlots = state.uploads
     try:
         waited = await uploads.acquire(tenant, settings.upload_slot_wait_seconds)
     except SlotsFull:

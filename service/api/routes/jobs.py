@@ -70,14 +70,7 @@ async def create_job(request: Request, who: Annotated[Caller, Depends(require_wr
     limit = state.settings.pending_jobs_for(who.tenant)
     job = admit_job(state, who.tenant, lambda: state.jobs.create(who.tenant, None, limit))
     try:
-        intake, body = await read_media(
-            request,
-            state.settings,
-            state.fetch_policy,
-            JobRequest,
-            tenant=who.tenant,
-            uploads=state.uploads,
-        )
+        intake, body = await read_media(request, JobRequest, who.tenant)
         callback = body.callback_url if body is not None else intake.fields.get("callback_url") or None
         if callback:
             try:

@@ -29,14 +29,7 @@ async def score(request: Request, who: Annotated[Caller, Depends(require_writer)
     (`request_timeout_seconds`) runs from the moment the media is on disk."""
     state = request.app.state
     admit_request(state, who.tenant)
-    intake, _ = await read_media(
-        request,
-        state.settings,
-        state.fetch_policy,
-        ScoreUrlRequest,
-        tenant=who.tenant,
-        uploads=state.uploads,
-    )
+    intake, _ = await read_media(request, ScoreUrlRequest, who.tenant)
     try:
         deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_seconds
         result = await state.scoring.score(intake.path, deadline, who.tenant)
