@@ -63,7 +63,12 @@ CLIP_KEY = "uploads/2026/clip+one=(1)%20.mp4"  # taken literally, as the AWS CLI
 # --- parsing (no server) ------------------------------------------------------------------------------------
 
 _BUCKET = st.from_regex(r"[a-z0-9][a-z0-9-]{1,20}[a-z0-9]", fullmatch=True)
-_KEY = st.text(string.ascii_letters + string.digits + "/._-~!$&'()*+,;=:@%?#", min_size=1, max_size=200)
+_KEY = st.text(
+    string.ascii_letters + string.digits + "/._-~!$&'()*+,;=:@%?#", min_size=1, max_size=200
+).filter(
+    # keys refused on purpose (a leading / and . or .. segments: see the parametrised refusals below)
+    lambda key: not key.startswith("/") and not {".", ".."} & set(key.split("/"))
+)
 
 
 @given(_BUCKET, _KEY)

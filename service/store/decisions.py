@@ -13,7 +13,9 @@ the database is down and the store becomes usable when it comes back; until then
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,27 @@ def brief_error(exc: BaseException) -> str:
 
 
 _CONNECT_TIMEOUT_SECONDS = 5  # PostgreSQL; a `connect_timeout` in the URL wins
+_SQLITE_BUSY_SECONDS = 30
+
+
+def _use_wal(cur: Any) -> None:
+    """Switch the file to WAL (a persistent mode, so usually a no-op read).
+
+    The switch needs an exclusive lock and SQLite answers `database is locked` at once, without the busy
+    handler, while another connection holds the file (several processes opening a new database together),
+    so it is retried here for as long as the busy timeout would have waited.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def engine_for(url: str) -> Engine:
@@ -71,12 +94,14 @@ def engine_for(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_SECONDS}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:
             cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")  # the gateway reads while the worker writes
+            _use_wal(cur)  # the gateway reads while the worker writes
             # WAL + NORMAL: a committed decision survives a crash of the process (not a power cut; a decision
             # lost to one is made again, since the offset is committed only after the decision is stored).
             cur.execute("PRAGMA synchronous=NORMAL")
