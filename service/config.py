@@ -147,6 +147,24 @@ class Settings(BaseSettings):
         description="One ensemble manifest, or model manifests (model.json) served as an ad-hoc ensemble; "
         "empty: the bundled default ensemble.",
     )
+    shadow_model_paths: list[Path] = Field(
+        default_factory=list,
+        description="Shadow scoring: a candidate ensemble (as DFG_MODEL_PATHS) scored after the primary "
+        "decision on a share of the traffic, stored beside the decision and never emitted; empty: no shadow.",
+    )
+    shadow_sample: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of media the shadow scores, chosen from the media's sha256 (a repost lands in the "
+        "same arm).",
+    )
+    shadow_queue: int = Field(
+        8,
+        ge=1,
+        description="Media waiting for the shadow's low-priority lane; when it is full, shadow work is "
+        "skipped and counted (never queued without bound).",
+    )
     inference_threads: int = Field(
         default_factory=lambda: min(2, os.cpu_count() or 1),
         ge=1,

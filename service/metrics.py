@@ -29,6 +29,10 @@ __all__ = [
     "REBALANCE_STALLS",
     "REQUESTS",
     "REQUEST_DURATION",
+    "SHADOW_DECISIONS",
+    "SHADOW_QUEUE_DEPTH",
+    "SHADOW_SCORE_DIFF",
+    "SHADOW_SKIPPED",
     "STAGE_DURATION",
     "TENANT_ADMITTED",
     "TENANT_QUEUE_WAIT",
@@ -176,6 +180,22 @@ REBALANCE_STALLS = Counter(
 DEDUP_LOOKUPS = Counter("dfguard_dedup_lookups_total", "Repost/near-duplicate lookups before scoring.")
 DEDUP_HITS = Counter("dfguard_dedup_hits_total", "Lookups answered from a stored verdict, by kind.", ["kind"])
 MODEL_INFO = Gauge("dfguard_model_info", "The models being served (value 1).", ["name", "version"])
+SHADOW_DECISIONS = Counter(
+    "dfguard_shadow_decisions_total",
+    "Media scored by both the primary and the shadow ensemble, by the decision of each (a confusion matrix).",
+    ["primary", "shadow"],
+)
+SHADOW_SKIPPED = Counter(
+    "dfguard_shadow_skipped_total",
+    "Media in the shadow's sample left unscored by it, by reason (queue_full, failed, no_faces_cut).",
+    ["reason"],
+)
+SHADOW_SCORE_DIFF = Histogram(
+    "dfguard_shadow_score_difference",
+    "Shadow score minus primary score, per medium both scored.",
+    buckets=(-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+SHADOW_QUEUE_DEPTH = Gauge("dfguard_shadow_queue_depth", "Media waiting for the shadow's low-priority lane.")
 
 
 def init_tenant_series(tenants: list[str]) -> None:

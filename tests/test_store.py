@@ -33,7 +33,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionSt
     yield s
     if request.param == "postgresql":  # one cluster for the session: leave it empty for the next test
         with s.engine.begin() as conn:
-            conn.exec_driver_sql("TRUNCATE decisions, frame_hashes RESTART IDENTITY")
+            conn.exec_driver_sql("TRUNCATE decisions, frame_hashes, shadow_results RESTART IDENTITY")
     s.close()
 
 

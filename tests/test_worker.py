@@ -585,7 +585,7 @@ def test_the_worker_stores_decisions_in_postgresql(
 ) -> None:
     s = _settings(kafka, topics, tmp_path, media_root, database_url=postgres.url)
     with DecisionStore(s.database_url).engine.begin() as conn:  # the cluster is shared by the session
-        conn.exec_driver_sql("TRUNCATE decisions, frame_hashes RESTART IDENTITY")
+        conn.exec_driver_sql("TRUNCATE decisions, frame_hashes, shadow_results RESTART IDENTITY")
     with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, upload_event("pg-1", file_uri(media_root / "a.mp4")))
         read_topic(kafka.bootstrap, topics.flags, 1)

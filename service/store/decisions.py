@@ -46,6 +46,7 @@ class NewDecision:
     sha256: str | None
     flag: FlagEvent
     frame_hashes: Sequence[int] = ()
+    source_uri: str | None = None  # the upload event's URI (worker decisions), for re-scoring
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ class DecisionStore:
             timings_ms=flag.timings_ms.model_dump(),
             flag_event=flag.model_dump_json(),
             decided_at=flag.decided_at,
+            source_uri=new.source_uri,
         )
         flagged = flag.decision == "flag" and new.origin == "scored"
         try:

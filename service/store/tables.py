@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DecisionRow", "FrameHashRow"]
+__all__ = ["Base", "DecisionRow", "FrameHashRow", "ShadowRow"]
 
 
 class Base(DeclarativeBase):
@@ -59,6 +59,9 @@ class DecisionRow(Base):
     thresholds_source: Mapped[str | None] = mapped_column(
         String(16), doc="settings / ensemble / model / default; null on decisions stored before 0002."
     )
+    source_uri: Mapped[str | None] = mapped_column(
+        String(4096), doc="Where the worker fetched the media (for `dfguard rescore`); null before 0003."
+    )
 
 
 class FrameHashRow(Base):
@@ -71,3 +74,36 @@ class FrameHashRow(Base):
     decision_id: Mapped[int] = mapped_column(ForeignKey("decisions.id", ondelete="CASCADE"))
     flagged: Mapped[bool] = mapped_column()
     hash: Mapped[int] = mapped_column(BigInteger)
+
+
+class ShadowRow(Base):
+    """A shadow model's verdict on media the primary decided (never emitted): one row per scored medium.
+
+    `source` is `worker` (then `decision_id` and `video_id` name the stored decision) or `gateway` (a
+    `/v1/score` answer or a job, which the store does not keep: `video_id` is null, or the job id). Read by
+    `dfguard models diff`.
+    """
+
+    __tablename__ = "shadow_results"
+    __table_args__ = (
+        Index("ix_shadow_results_created_at", "created_at"),
+        Index("ix_shadow_results_tenant_created_at", "tenant", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str] = mapped_column(String(64))
+    video_id: Mapped[str | None] = mapped_column(String(256))
+    sha256: Mapped[str] = mapped_column(String(64))
+    primary_model_name: Mapped[str] = mapped_column(String(128))
+    primary_model_version: Mapped[str] = mapped_column(String(128))
+    primary_score: Mapped[float | None] = mapped_column(Float)
+    primary_decision: Mapped[str] = mapped_column(String(16))
+    shadow_model_name: Mapped[str] = mapped_column(String(128))
+    shadow_model_version: Mapped[str] = mapped_column(String(128))
+    shadow_score: Mapped[float | None] = mapped_column(Float)
+    shadow_decision: Mapped[str] = mapped_column(String(16))
+    shadow_review_threshold: Mapped[float] = mapped_column(Float)
+    shadow_flag_threshold: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
