@@ -219,14 +219,24 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     settings = Settings()
     named = [Path(p) for p in args.models] or list(settings.model_paths) or [DEFAULT_ENSEMBLE]
     manifests = resolve_models(named).member_paths  # an ensemble manifest serves its members
+    shadow_named = [Path(p) for p in args.shadow] or list(settings.shadow_model_paths)
+    shadow = resolve_models(shadow_named).member_paths if shadow_named else []
     options = RepoOptions(
         max_batch_size=settings.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_us,
         instances=args.instances,
         cpu_threads=settings.inference_threads,
     )
-    out = build_repo(manifests, Path(args.out), args.target, options, copy_models=not args.configs_only)
-    print(f"wrote the {args.target} model repository for {len(manifests)} model(s) to {out}")
+    out = build_repo(
+        manifests,
+        Path(args.out),
+        args.target,
+        options,
+        copy_models=not args.configs_only,
+        shadow_paths=shadow,
+    )
+    with_shadow = f" and a shadow ensemble of {len(shadow)}" if shadow else ""
+    print(f"wrote the {args.target} model repository for {len(manifests)} model(s){with_shadow} to {out}")
     return 0
 
 
@@ -266,6 +276,79 @@ def _cmd_models_import(args: argparse.Namespace) -> int:
         diff = res.parity_max_abs_diff
         print(f"imported {ckpt} -> {res.manifest} ({res.bytes} bytes; ONNX vs PyTorch max diff {diff:.2e})")
     print("serve with: DFG_MODEL_PATHS='" + json.dumps(manifests) + "'")
+    return 0
+
+
+def _cmd_models_diff(args: argparse.Namespace) -> int:
+    """`models diff`: the store's shadow results in a window, or (`--folder`) both model lists on labelled
+    media. Exit 0 with a report, 2 on bad input, 1 when the store cannot be read or scoring breaks."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from service import models_diff as md
+    from service.config import Settings
+    from service.errors import ModerationError
+    from service.store import brief_error
+    from service.store.decisions import engine_for
+
+    report: md.StoreDiff | md.FolderDiff
+    try:
+        if args.limit < 0:
+            raise md.DiffInputError("--limit must be 0 or more")
+        settings = Settings()
+        if args.folder:
+            from service.models import DEFAULT_ENSEMBLE
+
+            if not args.labels:
+                raise md.DiffInputError("--folder needs --labels (a CSV of filename,label, or metadata.json)")
+            if args.since or args.until or args.tenant or args.source or args.database_url:
+                raise md.DiffInputError("--since, --until, --tenant, --source, --database-url read the store")
+            primary = [Path(p) for p in args.primary] or list(settings.model_paths) or [DEFAULT_ENSEMBLE]
+            candidate = [Path(p) for p in args.candidate] or list(settings.shadow_model_paths)
+            if not candidate:
+                raise md.DiffInputError("--folder needs --candidate manifests (or DFG_SHADOW_MODEL_PATHS)")
+            report = md.folder_diff(
+                Path(args.folder), Path(args.labels), primary, candidate, settings, limit=args.limit
+            )
+        else:
+            if args.labels or args.primary or args.candidate:
+                raise md.DiffInputError("--labels, --primary and --candidate go with --folder")
+            window = md.window_from(args.since, args.until)
+            url = args.database_url or settings.database_url
+            try:
+                shown = make_url(url).render_as_string(hide_password=True)
+            except ArgumentError:
+                raise md.DiffInputError("--database-url is not an SQLAlchemy URL") from None
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+                _print_error(args, "store_unavailable", f"{shown}: no such database file")  # not made here
+                return 1
+            engine = engine_for(url)
+            try:
+                report = md.store_diff(
+                    engine, window, tenant=args.tenant, source=args.source, limit=args.limit
+                )
+            except (SQLAlchemyError, md.StoreSchemaError) as exc:
+                detail = brief_error(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+                _print_error(args, "store_unavailable", f"{shown}: {detail}")
+                return 1
+            finally:
+                engine.dispose()
+    except md.DiffInputError as exc:
+        _print_error(args, "invalid_request", str(exc))
+        return 2
+    except ModerationError as exc:  # a manifest that cannot be loaded, a backend that is down
+        _print_error(args, exc.code, exc.message)
+        return 2 if exc.http_status < 500 else 1
+    except Exception as exc:  # noqa: BLE001 - reported as a typed error, never a traceback
+        _print_error(args, "internal_error", f"{type(exc).__name__}: {exc}")
+        return 1
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        print(md.render_folder(report) if isinstance(report, md.FolderDiff) else md.render_store(report))
     return 0
 
 
@@ -352,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--models", nargs="*", default=[], help="manifests (default: DFG_MODEL_PATHS or bundled)"
     )
+    build.add_argument(
+        "--shadow", nargs="*", default=[], help="shadow_ensemble manifests (default: DFG_SHADOW_MODEL_PATHS)"
+    )
     build.add_argument("--max-queue-delay-us", type=int, default=2000)
     build.add_argument("--instances", type=int, default=1)
     build.add_argument("--configs-only", action="store_true", help="gpu: no ONNX copies (committed layout)")
@@ -379,6 +465,29 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--version", default="imported")
     imp.add_argument("--threads", type=int, default=2, help="CPU threads for the export and the parity check")
     imp.set_defaults(func=_cmd_models_import)
+    diff = models_sub.add_parser(
+        "diff",
+        help="primary vs candidate models: the store's shadow results, or a labelled folder (--folder)",
+        description="Without --folder: the shadow results stored in a time window, as a confusion matrix of "
+        "primary vs shadow decisions and the media whose decision would change. With --folder: score the "
+        "labelled media with both model lists and report AUC, log loss (DFDC), decision shares and changes.",
+    )
+    diff.add_argument("--json", action="store_true", help="print one JSON document")
+    diff.add_argument("--limit", type=int, default=50, help="changed media to list (the total is given)")
+    diff.add_argument("--since", help="store: ISO 8601 time or a span back from now (24h, 7d); default 24h")
+    diff.add_argument("--until", help="store: ISO 8601 time or a span back from now; default now")
+    diff.add_argument("--tenant", help="store: only this tenant")
+    diff.add_argument("--source", choices=["worker", "gateway"], help="store: only this scoring path")
+    diff.add_argument("--database-url", help="store: SQLAlchemy URL (default: DFG_DATABASE_URL)")
+    diff.add_argument("--folder", help="offline: a folder of media named by --labels")
+    diff.add_argument("--labels", help="offline: CSV of filename,label (0/1, real/fake) or metadata.json")
+    diff.add_argument(
+        "--primary", nargs="+", default=[], help="offline: manifests (default: DFG_MODEL_PATHS or bundled)"
+    )
+    diff.add_argument(
+        "--candidate", nargs="+", default=[], help="offline: manifests (default: DFG_SHADOW_MODEL_PATHS)"
+    )
+    diff.set_defaults(func=_cmd_models_diff)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
     return parser

@@ -5,6 +5,9 @@ Every entry point builds its pipeline here (`dfguard score`, the gateway, the Ka
 Runtime or Triton) and the same models. Processes that score concurrently (gateway, worker) put the
 micro-batcher in front of the backend, which merges whole ensemble calls of concurrent videos into one backend
 call (one Triton request); a one-caller process (the CLI, evaluation) has nothing to merge and skips it.
+
+A shadow ensemble (`DFG_SHADOW_MODEL_PATHS`) gets a backend of its own (`build_shadow_lane`), never the
+micro-batcher: its crops must not delay live ones.
 """
 
 from __future__ import annotations
@@ -16,8 +19,17 @@ from service.inference.batcher import MicroBatchingBackend
 from service.media import isolation_from_settings, warm_up
 from service.models import DEFAULT_ENSEMBLE, ModelSet, resolve_models
 from service.pipeline import Pipeline
+from service.shadow import ShadowLane, ShadowModels, ShadowSink
+from service.triton.repo import SHADOW_ENSEMBLE
 
-__all__ = ["build_backend", "build_detector", "build_pipeline", "choose_models"]
+__all__ = [
+    "build_backend",
+    "build_detector",
+    "build_pipeline",
+    "build_shadow_lane",
+    "choose_models",
+    "choose_shadow",
+]
 
 
 def build_detector(s: Settings) -> FaceDetector:
@@ -35,8 +47,19 @@ def choose_models(s: Settings) -> ModelSet:
     return resolve_models(list(s.model_paths) or [DEFAULT_ENSEMBLE])
 
 
-def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBackend:
-    """The configured classifier backend, unbatched, serving the member models of `models`."""
+def build_backend(
+    s: Settings,
+    models: ModelSet | None = None,
+    *,
+    threads: int | None = None,
+    triton_ensemble: str = "ensemble",
+) -> InferenceBackend:
+    """The configured classifier backend, unbatched, serving the member models of `models`.
+
+    Args:
+        threads: ONNX Runtime intra-op threads (default `DFG_INFERENCE_THREADS`).
+        triton_ensemble: the Triton ensemble model whole-ensemble calls go to.
+    """
     manifests = (models or choose_models(s)).member_paths
     if s.backend == "triton":
         from service.inference.triton import TritonBackend  # the gRPC client only where it is used
@@ -50,8 +73,11 @@ def build_backend(s: Settings, models: ModelSet | None = None) -> InferenceBacke
             breaker_reset_seconds=s.triton_breaker_reset_seconds,
             max_batch_size=s.max_batch_size,
             shared_memory=s.triton_shared_memory,
+            ensemble_model=triton_ensemble,
         )
-    return OnnxRuntimeBackend(manifests, threads=s.inference_threads, max_batch_size=s.max_batch_size)
+    return OnnxRuntimeBackend(
+        manifests, threads=threads or s.inference_threads, max_batch_size=s.max_batch_size
+    )
 
 
 def build_pipeline(
@@ -75,3 +101,23 @@ def build_pipeline(
             backend, max_batch=settings.max_batch_size, max_wait_ms=settings.batch_max_wait_ms
         )
     return Pipeline(settings, build_detector(settings), backend, models.ensemble)
+
+
+def choose_shadow(s: Settings) -> ModelSet | None:
+    """The shadow ensemble of `DFG_SHADOW_MODEL_PATHS` (as `DFG_MODEL_PATHS`), or None: no shadow scoring."""
+    return resolve_models(list(s.shadow_model_paths)) if s.shadow_model_paths else None
+
+
+def build_shadow_lane(s: Settings, sink: ShadowSink) -> ShadowLane | None:
+    """The shadow's low-priority lane storing through `sink`; None without a shadow or with a zero sample.
+
+    Its backend is its own: embedded ONNX Runtime on one thread (the primary keeps the cores), or the
+    `shadow_ensemble` model on Triton.
+    """
+    models = choose_shadow(s)
+    if models is None or s.shadow_sample <= 0.0:
+        return None
+    backend = build_backend(s, models, threads=1, triton_ensemble=SHADOW_ENSEMBLE)
+    return ShadowLane(
+        ShadowModels(backend.models, models.ensemble, s.shadow_sample), backend, sink, maxsize=s.shadow_queue
+    )

@@ -187,7 +187,8 @@ SHADOW_DECISIONS = Counter(
 )
 SHADOW_SKIPPED = Counter(
     "dfguard_shadow_skipped_total",
-    "Media in the shadow's sample left unscored by it, by reason (queue_full, failed, no_faces_cut).",
+    "Media in the shadow's sample left unscored by it, by reason (queue_full, failed, no_faces_cut, "
+    "store_unavailable).",
     ["reason"],
 )
 SHADOW_SCORE_DIFF = Histogram(

@@ -2,15 +2,20 @@
 
 Each stage is a call with a typed value and is timed on its own; the CLI, the gateway and the worker are thin
 adapters over `Pipeline.score_file`. A pipeline is assembled in one place, `service.compose.build_pipeline`.
+
+`score_file_with` / `score_media_with` also cut crops for models outside the ensemble (a shadow candidate,
+`service/shadow.py`) from the faces the ensemble classified, while the frames are alive; they are scored
+elsewhere, later, so the answer never waits for them.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +43,7 @@ from service.schemas import (
     UsedThresholds,
 )
 
-__all__ = ["Pipeline", "StageResult"]
+__all__ = ["CutCrops", "ExtraModels", "Pipeline", "Scored", "StageResult", "cut_crops", "ensemble_ref"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,52 @@ class StageResult:
     mean_scores: npt.NDArray[np.float32]
     face_scores: list[float]
     face_scored: list[bool]
+    crop_faces: list[TrackedFace] = field(default_factory=list)  # the classified faces, in crop order
+
+
+@dataclass(frozen=True)
+class CutCrops:
+    """Crops cut for models outside the pipeline's ensemble (a shadow ensemble) from the faces it classified.
+
+    Cut while the frames are alive, so the models can be run later, after the frames are released.
+    """
+
+    crops_by_model: dict[str, npt.NDArray[np.uint8]]
+    crop_frames: list[int]
+    partial: bool  # the media was only partly decoded
+
+
+class Scored(NamedTuple):
+    """A pipeline's answer, and the crops cut for extra models (None when none were asked for)."""
+
+    result: ScoreResult
+    extra: CutCrops | None
+
+
+ExtraModels = Callable[[str], Sequence[ModelManifest]]
+"""Given the media's sha256, the extra models to cut crops for (empty: none)."""
+
+
+def cut_crops(
+    media: SampledMedia,
+    faces: Sequence[TrackedFace],
+    models: Sequence[ModelManifest],
+    margin_override: float | None = None,
+) -> dict[str, npt.NDArray[np.uint8]]:
+    """Each model's crops of `faces`, cut as its manifest says; models that crop alike share one array."""
+    groups: dict[tuple[int, float, str], list[ModelManifest]] = defaultdict(list)
+    for m in models:
+        margin = margin_override if margin_override is not None else m.crop_margin
+        groups[(m.input_size, margin, m.resize)].append(m)
+    crops_by_model: dict[str, npt.NDArray[np.uint8]] = {}
+    for (size, margin, resize), members in groups.items():
+        crops = np.empty((len(faces), size, size, 3), dtype=np.uint8)
+        for i, face in enumerate(faces):
+            frame = media.frames[face.frame]
+            crops[i] = crop_face(frame, face.box, margin, size, resize, face.landmarks)  # type: ignore[arg-type]
+        for m in members:
+            crops_by_model[m.name] = crops
+    return crops_by_model
 
 
 def _fill_from_track(
@@ -74,7 +125,8 @@ def _fill_from_track(
     return out
 
 
-def _ensemble_ref(models: Sequence[ModelManifest], ensemble: EnsembleManifest | None) -> ModelRef:
+def ensemble_ref(models: Sequence[ModelManifest], ensemble: EnsembleManifest | None) -> ModelRef:
+    """The name and version an ensemble's verdicts carry: its manifest's, a lone model's, or the members'."""
     if ensemble is not None:
         return ModelRef(name=ensemble.name, version=ensemble.version)
     if len(models) == 1:
@@ -97,7 +149,7 @@ class Pipeline:
         self.backend = backend
         self.models = backend.models
         self.ensemble = ensemble
-        self.model_ref = _ensemble_ref(self.models, ensemble)
+        self.model_ref = ensemble_ref(self.models, ensemble)
         self.policy = self._policy()
         self.thresholds = self.policy.thresholds
         self.untrained = any(not m.trained for m in self.models)
@@ -168,24 +220,10 @@ class Pipeline:
         placed in between: a fraction of the crops (1 in `detect_every`) for a stronger, costlier model.
         """
         every = [face for frame in faces for face in frame]
-        if self.settings.classify_crops == "detected":
-            chosen = [i for i, f in enumerate(every) if not f.tracked]
-        else:
-            chosen = list(range(len(every)))
+        chosen = self._chosen(every)
         flat = [every[i] for i in chosen]
         crop_frames = [face.frame for face in flat]
-        groups: dict[tuple[int, float, str], list[ModelManifest]] = defaultdict(list)
-        for m in self.models:
-            margin = self.settings.crop_margin if self.settings.crop_margin is not None else m.crop_margin
-            groups[(m.input_size, margin, m.resize)].append(m)
-        crops_by_model: dict[str, npt.NDArray[np.uint8]] = {}
-        for (size, margin, resize), members in groups.items():
-            crops = np.empty((len(flat), size, size, 3), dtype=np.uint8)
-            for i, face in enumerate(flat):
-                frame = media.frames[face.frame]
-                crops[i] = crop_face(frame, face.box, margin, size, resize, face.landmarks)  # type: ignore[arg-type]
-            for m in members:
-                crops_by_model[m.name] = crops
+        crops_by_model = cut_crops(media, flat, self.models, self.settings.crop_margin)
         if flat:
             scores = self.backend.predict_many(crops_by_model)
         else:
@@ -200,7 +238,14 @@ class Pipeline:
             mean.astype(np.float32),
             _fill_from_track(every, chosen, [float(x) for x in mean]),
             [i in chosen_set for i in range(len(every))],
+            flat,
         )
+
+    def _chosen(self, every: Sequence[TrackedFace]) -> list[int]:
+        """Positions in `every` of the faces to classify (`classify_crops`)."""
+        if self.settings.classify_crops == "detected":
+            return [i for i, f in enumerate(every) if not f.tracked]
+        return list(range(len(every)))
 
     def verdict(self, media: SampledMedia, stage: StageResult) -> Verdict:
         score = aggregate(
@@ -221,24 +266,50 @@ class Pipeline:
         """Score the media at `path`. Raises a `MediaError` for media that cannot be analysed."""
         return self.score_pending(PendingMedia(path, self.settings))
 
+    def score_file_with(self, path: str | Path, extra: ExtraModels) -> Scored:
+        """`score_file`, also cutting crops for the models `extra` names (a shadow ensemble)."""
+        return self._score_pending(PendingMedia(path, self.settings), extra)
+
     def score_pending(self, pending: PendingMedia) -> ScoreResult:
         """Score media whose decoding has already started (see `PendingMedia`); releases its frames."""
+        return self._score_pending(pending, None).result
+
+    def _score_pending(self, pending: PendingMedia, extra: ExtraModels | None) -> Scored:
         try:
             sha = file_sha256(pending.path)
             media = pending.result()
-            return self.score_media(media, sha, pending.started)
+            return self._score_media(media, sha, pending.started, extra)
         finally:
             pending.close()
 
     def score_media(self, media: SampledMedia, sha: str, started: float) -> ScoreResult:
         """Score decoded media (`started`: perf_counter when its decoding began, for the timings)."""
+        return self._score_media(media, sha, started, None).result
+
+    def score_media_with(self, media: SampledMedia, sha: str, started: float, extra: ExtraModels) -> Scored:
+        """`score_media`, also cutting crops for the models `extra` names, from the same classified faces."""
+        return self._score_media(media, sha, started, extra)
+
+    def _score_media(
+        self, media: SampledMedia, sha: str, started: float, extra: ExtraModels | None
+    ) -> Scored:
         t1 = time.perf_counter()
         faces = self.detect(media)
         t2 = time.perf_counter()
         stage = self.classify(media, faces)
         verdict = self.verdict(media, stage)
         t3 = time.perf_counter()
-        return self._result(media, sha, stage, verdict, (t1 - started, t2 - t1, t3 - t2, t3 - started))
+        result = self._result(media, sha, stage, verdict, (t1 - started, t2 - t1, t3 - t2, t3 - started))
+        models = extra(sha) if extra is not None else ()
+        if not models:
+            return Scored(result, None)
+        # After the primary's timings: the extra cut is not the answer's cost. The frames are still alive.
+        cut = CutCrops(
+            cut_crops(media, stage.crop_faces, models),
+            list(stage.crop_frames),
+            media.header.partial,
+        )
+        return Scored(result, cut)
 
     def _result(
         self,

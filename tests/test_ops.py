@@ -374,6 +374,12 @@ def test_triton_gpu_plans_shm_and_readiness(built: dict[str, list[dict[str, Any]
     )
     assert "dfguard triton build-repo --target gpu --out /models/repo" in " ".join(build_repo["args"])
     assert "cp /opt/dfguard/scripts/build_trt_plans.sh /models/" in " ".join(build_repo["args"])
+    # From the settings the gateway and worker read (DFG_MODEL_PATHS, DFG_SHADOW_MODEL_PATHS): `ensemble` and
+    # `shadow_ensemble` hold exactly the models their clients prepare crops for.
+    assert any(
+        r.get("configMapRef", {}).get("name", "").startswith("dfguard-settings")
+        for r in build_repo["envFrom"]
+    )
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY scripts/build_trt_plans.sh /opt/dfguard/scripts/build_trt_plans.sh" in dockerfile
     # Init 2: trtexec on the GPU, in NVIDIA's TensorRT image of the same release as the Triton image, so the
@@ -589,7 +595,9 @@ def _exported_names() -> set[str]:
         if isinstance(obj, Counter):
             names |= {f"{obj._name}_total", f"{obj._name}_created"}
         elif isinstance(obj, Histogram):
-            names |= {f"{obj._name}_{s}" for s in ("bucket", "sum", "count", "created")}
+            names |= {f"{obj._name}_{s}" for s in ("bucket", "count", "created")}
+            if obj._upper_bounds[0] >= 0:  # OpenMetrics: no _sum with negative buckets (the client omits it)
+                names.add(f"{obj._name}_sum")
         elif isinstance(obj, Gauge):
             names.add(obj._name)
     return names
@@ -681,8 +689,68 @@ def test_dashboard_is_complete_and_provisioned(built: dict[str, list[dict[str, A
         "(rate(nv_inference_count{",
         "/ sum by (model) (rate(nv_inference_exec_count{",
         "nv_gpu_utilization",
+        "sum by (primary, shadow) (increase(dfguard_shadow_decisions_total",
+        "sum by (reason) (rate(dfguard_shadow_skipped_total",
+        "sum by (le) (rate(dfguard_shadow_score_difference_bucket",
+        "dfguard_shadow_queue_depth{",
     ):
         assert needle in exprs, needle
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Rollouts: shadow model" in rows
+    # Triton's ensembles only forward to their members: per-member panels leave both out.
+    assert 'model!="ensemble"' not in exprs and 'model!~"ensemble|shadow_ensemble"' in exprs
+
+
+def _shadow_series(namespace: str, pairs: dict[tuple[str, str, str], int]) -> list[dict[str, str]]:
+    """promtool series of dfguard_shadow_decisions_total: (pod, primary, shadow) -> increase per 15 s."""
+    return [
+        {
+            "series": f'dfguard_shadow_decisions_total{{namespace="{namespace}", pod="{pod}", '
+            f'primary="{primary}", shadow="{shadow}"}}',
+            "values": f"0+{step}x40",
+        }
+        for (pod, primary, shadow), step in pairs.items()
+    ]
+
+
+def test_dashboard_shadow_changed_share_counts_only_changed_decisions(tmp_path: Path) -> None:
+    """The "decisions changed" panel, evaluated by promtool on known counters: a selector cannot compare two
+    labels, so the expression's arithmetic (agreeing pairs found with label_replace) is checked by its
+    results, including the all-agree case, where a plain `unless` would leave no series at all."""
+    (expr,) = [e.promql for e in dashboard_exprs() if "'Shadow: decisions changed'" in e.where]
+    mixed = {
+        ("a", "allow", "allow"): 3,
+        ("b", "allow", "allow"): 3,  # the same pair on two pods: summed, not a duplicate-series error
+        ("a", "flag", "flag"): 2,
+        ("a", "allow", "flag"): 1,
+        ("b", "review", "allow"): 1,
+    }
+    cases = [
+        (_shadow_series("dfguard", mixed) + _shadow_series("other", {("c", "allow", "flag"): 50}), 200),
+        (_shadow_series("dfguard", {("a", "allow", "allow"): 4, ("b", "review", "review"): 1}), 0),
+        (_shadow_series("dfguard", {("a", "allow", "flag"): 4, ("a", "flag", "review"): 1}), 1000),
+    ]  # per mille, rounded: this promtool compares floats exactly
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": f"round(1000 * ({expr}))",
+                        "eval_time": "5m",
+                        "exp_samples": [{"labels": "{}", "value": want}],
+                    }
+                ],
+            }
+            for series, want in cases
+        ],
+    }
+    (tmp_path / "shadow.test.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = run([tool("promtool"), "test", "rules", "shadow.test.yaml"], cwd=tmp_path).stdout
+    assert "SUCCESS" in out, out
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------

@@ -6,14 +6,18 @@ The services run as they do in the cluster: `dfguard serve` and `dfguard worker`
 the Triton backend, a real `tritonserver` (CPU, from the nvidia-pytriton wheel) and a real Kafka broker.
 Traffic makes the labelled series exist (they appear only after an observation): a clip scored (200), an
 empty upload (400), and a request while Triton is down (503), after which Triton comes back and another clip
-is scored; upload events through Kafka for the worker's series. The test Prometheus labels targets as the
+is scored; upload events through Kafka for the worker's series. The gateway runs a shadow ensemble on every
+medium (`DFG_SHADOW_SAMPLE=1`), the `shadow_ensemble` of the same Triton repository, so the shadow panels
+have their series too. The test Prometheus labels targets as the
 Prometheus operator does (`job` from the ServiceMonitor's jobLabel, `namespace`) and loads the alert rules,
 which must all evaluate without error.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -38,15 +42,17 @@ from devtools.ops_tools import (
     scaler_exprs,
     write_rules,
 )
-from devtools.servers import FlakyMediaHost, free_port
+from devtools.servers import FlakyMediaHost, free_port, wait_until
 from devtools.triton_server import TritonServer
-from service.models import DEFAULT_MODEL
+from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
 from service.triton.repo import RepoOptions, build_repo
 
 pytestmark = [pytest.mark.ops, pytest.mark.triton, pytest.mark.kafka]
 
 # The one exception the issue allows: Triton exports these only with a GPU (--allow-gpu-metrics on a GPU).
 GPU_ONLY = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
+# The shadow candidate: another bundled model (its own member in the repository, 224 px crops), cheap on CPU.
+SHADOW = UNTRAINED_MANIFEST
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +62,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         tmp_path_factory.mktemp("ops-triton-repo"),
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=2000, cpu_threads=1),
+        shadow_paths=[SHADOW],
     )
     with TritonServer(repo) as server:
         yield server
@@ -63,7 +70,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`dfguard serve` in its own process (a clean metrics registry), on the test's Triton."""
+    """`dfguard serve` in its own process (a clean metrics registry), on the test's Triton, with a shadow
+    ensemble scoring every medium."""
     workdir = tmp_path_factory.mktemp("ops-gateway")
     with dfguard_serve(
         workdir,
@@ -75,6 +83,8 @@ def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> I
         DFG_TRITON_BREAKER_RESET_SECONDS="1",
         DFG_WORKERS="2",
         DFG_INFERENCE_THREADS="1",
+        DFG_SHADOW_MODEL_PATHS=json.dumps([str(SHADOW)]),
+        DFG_SHADOW_SAMPLE="1",
     ) as url:
         yield url
 
@@ -84,11 +94,19 @@ def _post(url: str, name: str, body: bytes) -> int:
     return r.status_code
 
 
+def _shadow_compared(url: str) -> float:
+    """Media the gateway's shadow has scored and compared so far (its /metrics, all decision pairs)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(r"^dfguard_shadow_decisions_total\{[^}]*\} (\S+)$", text, re.M))
+
+
 @pytest.fixture(scope="module")
 def traffic(gateway: str, triton: TritonServer, face_clip: Path) -> None:
     """Observations behind every gateway and Triton series the dashboard and the alerts use."""
     clip = face_clip.read_bytes()
     assert _post(gateway, "clip.mp4", clip) == 200  # decisions, stages, inference, Triton counts
+    # The shadow scores after the answer, on its own lane: wait for it before Triton goes away.
+    wait_until(lambda: _shadow_compared(gateway) >= 1, 60, interval=0.25, what="the shadow's comparison")
     assert _post(gateway, "empty.mp4", b"") == 400  # dfguard_errors_total{code="empty_media"}, a 4xx
     triton.kill()
     assert _post(gateway, "clip.mp4", clip) == 503  # backend_unavailable: the 5xx the error ratio counts

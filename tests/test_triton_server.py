@@ -1,6 +1,7 @@
 """A real tritonserver (from .cache/triton-venv, see scripts/setup_triton.sh) with one Python-backend model:
 readiness, HTTP and gRPC inference, the metrics endpoint, loopback-only binding, crash and restart on the
-same ports, and a failing model load reported with the server's log."""
+same ports, and a failing model load reported with the server's log; and a generated repository with a
+shadow ensemble beside the primary one, served and scored like the embedded backend."""
 
 from __future__ import annotations
 
@@ -262,3 +263,52 @@ def test_failed_model_load_reports_log(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom-on-purpose"):
         srv.start(timeout=30)
     assert not srv.running()
+
+
+def test_shadow_ensemble_loads_and_scores_like_the_embedded_backend(tmp_path: Path) -> None:
+    """Primary: untrained-mini. Shadow: untrained-mini (shared member) and faceres-sbi (its own, 128 px)."""
+    import numpy as np
+
+    from service.errors import InternalError
+    from service.inference import OnnxRuntimeBackend
+    from service.inference.triton import TritonBackend
+    from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
+    from service.triton.repo import RepoOptions, build_repo
+
+    find_pytriton(DEFAULT_VENV)
+    shadow = [UNTRAINED_MANIFEST, DEFAULT_MODEL]
+    repo = build_repo(
+        [UNTRAINED_MANIFEST],
+        tmp_path / "repo",
+        "cpu",
+        RepoOptions(max_batch_size=8, max_queue_delay_microseconds=0, cpu_threads=1),
+        shadow_paths=shadow,
+    )
+    embedded = OnnxRuntimeBackend(shadow, threads=1, max_batch_size=8)
+    rng = np.random.default_rng(3)
+    crops = {  # each member's crops at its own size; 11 > one batch of 8
+        m.name: rng.integers(0, 256, (11, m.input_size, m.input_size, 3), dtype=np.uint8)
+        for m in embedded.models
+    }
+    want = embedded.predict_many(crops)
+    with TritonServer(repo, workdir=tmp_path / "work") as server:
+        backends = [
+            TritonBackend(shadow, server.grpc_url, timeout_seconds=20, max_batch_size=8, ensemble_model=e)
+            for e in ("shadow_ensemble", "ensemble")
+        ]
+        try:
+            shadow_backend, wrong = backends
+            assert shadow_backend.ready()
+            got = shadow_backend.predict_many(crops)
+            assert set(got) == set(want)
+            for name in want:
+                np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0)
+            # The keyword really picks the model: the primary ensemble has neither the shadow's inputs nor
+            # its outputs, so the same call sent there is refused.
+            with pytest.raises(InternalError, match="refused"):
+                wrong.predict_many(crops)
+            stats = _get(f"{server.http_url}/v2/models/shadow_ensemble/stats")
+            assert stats[0] == 200 and '"inference_count":11' in stats[1].replace(" ", "")
+        finally:
+            for b in backends:
+                b.close()

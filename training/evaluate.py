@@ -4,7 +4,8 @@ Every item of `training.fakes`' index goes through the service's own `Pipeline` 
 the manifest says, aggregation, thresholds), so the figures are those of the model as deployed. Frame level:
 per frame the highest face score (SBI's protocol), pooled over frames; video level: the verdict score.
 Each set pairs the fakes of one method (held-out SBI, cross-identity swaps) with the real clips of the same
-compression level. Intervals are 95 % identity-level bootstrap intervals (`training.metrics`).
+compression level. Intervals are 95 % identity-level bootstrap intervals (`service.evaluation`, shared with
+`dfguard models diff`).
 
 `decisions` counts allow / review / flag at the thresholds the pipeline applies (an ensemble manifest's fitted
 ones unless overridden) for every kind and quality, with Clopper-Pearson 95 % bounds on the rates that matter:
@@ -25,8 +26,9 @@ import numpy as np
 
 from service.compose import build_pipeline
 from service.config import Settings
+from service.evaluation import Floats, accuracy_at, auc, bootstrap
 from service.pipeline import Pipeline
-from training.metrics import Floats, accuracy_at, auc, bootstrap, clopper_pearson, log_loss
+from training.metrics import clopper_pearson, log_loss
 
 __all__ = ["evaluate", "score_items"]
 

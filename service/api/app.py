@@ -32,7 +32,7 @@ from service.api.fairness import FairSlots, TenantRates
 from service.api.jobs import JobStore
 from service.api.routes import decisions, health, jobs, score
 from service.api.scoring import ScoringService
-from service.compose import build_pipeline
+from service.compose import build_pipeline, build_shadow_lane
 from service.config import Settings
 from service.errors import MediaTooLarge, ModerationError, OverCapacity, UploadTimeout, classify
 from service.pipeline import Pipeline
@@ -63,11 +63,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         p = pipeline if pipeline is not None else await asyncio.to_thread(build_pipeline, settings)
         app.state.pipeline = p
-        app.state.scoring = ScoringService(settings, p)
         # Lazy: the database is touched on first use, so the gateway starts (and serves scoring) while the
         # store is down; the schema is migrated (or checked) when it first answers.
         store = DecisionStore(settings.database_url, migrate=settings.database_migrate_on_start, lazy=True)
         app.state.store = store
+        # Shadow rows go to the same store; while it is down they are counted and lost, nothing else.
+        shadow = await asyncio.to_thread(build_shadow_lane, settings, store.put_shadow)
+        app.state.shadow = shadow
+        app.state.scoring = ScoringService(settings, p, shadow)
         try:
             await asyncio.to_thread(store.ensure_schema)
         except SQLAlchemyError as exc:
@@ -80,7 +83,7 @@ def create_app(
         if with_worker:
             from service.worker import build_worker  # Kafka only where it is used
 
-            worker = build_worker(settings, p, store)
+            worker = build_worker(settings, p, store, shadow=shadow)
             worker_thread = threading.Thread(target=worker.run, name="dfguard-worker", daemon=True)
             worker_thread.start()
         log.info("ready", extra={"model": p.model_ref.name, "version": p.model_ref.version})
@@ -93,6 +96,8 @@ def create_app(
             for task in list(app.state.tasks):
                 task.cancel()
             app.state.scoring.close()
+            if shadow is not None:  # before the store it writes to
+                await asyncio.to_thread(shadow.close)
             store.close()
             if pipeline is None:
                 p.close()

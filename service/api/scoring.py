@@ -9,6 +9,10 @@ slots without a bound (their number is bounded per tenant by `max_pending_jobs`)
 thread pool (the decoder is a child process, ONNX Runtime and OpenCV release the GIL), so the event loop never
 blocks. A request past its deadline gets 504, but its slot is only released when its thread really finishes:
 a timed-out request cannot make the gateway take on more work than it can do.
+
+With a shadow lane, media in the shadow's arm also get the shadow's crops cut while their frames are alive;
+they are offered to the lane (which never blocks) once the primary result exists, and scored on the lane's own
+thread after the answer has gone (`service/shadow.py`).
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from service.config import Settings
 from service.errors import DeadlineExceeded
 from service.pipeline import Pipeline
 from service.schemas import ScoreResult
+from service.shadow import ShadowLane, ShadowSubject, ShadowWork
 
 __all__ = ["ScoringService"]
 
 
 class ScoringService:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, shadow: ShadowLane | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.shadow = shadow
         self.workers = settings.workers
         self.slots = FairSlots(
             "scoring",
@@ -53,11 +59,17 @@ class ScoringService:
         metrics.IN_FLIGHT.set(self.slots.held)
 
     async def score(
-        self, path: Path, deadline: float | None, tenant: str, *, bounded: bool = True
+        self,
+        path: Path,
+        deadline: float | None,
+        tenant: str,
+        *,
+        bounded: bool = True,
+        job_id: str | None = None,
     ) -> ScoreResult:
         """Score `path` on a worker thread for `tenant`. `deadline` (a `loop.time()` value) covers the wait
         for a slot too; None (accepted jobs): wait for the tenant's turn however long, then
-        `request_timeout_seconds` for the scoring itself.
+        `request_timeout_seconds` for the scoring itself. `job_id` names the medium in a shadow row.
 
         Raises `SlotsFull` (429) when `bounded` and the waiting room is full for this tenant."""
         loop = asyncio.get_running_loop()
@@ -85,7 +97,7 @@ class ScoringService:
 
             loop.call_soon_threadsafe(_release)
 
-        future = loop.run_in_executor(self.executor, self.pipeline.score_file, path)
+        future = loop.run_in_executor(self.executor, self._score_file, path, tenant, job_id)
         future.add_done_callback(_done)
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
@@ -93,6 +105,26 @@ class ScoringService:
             raise DeadlineExceeded(
                 f"scoring did not finish within {self.settings.request_timeout_seconds:g} s"
             ) from None
+
+    def _score_file(self, path: Path, tenant: str, job_id: str | None) -> ScoreResult:
+        """The pipeline on `path` (on an executor thread); media in the shadow's arm are offered to it."""
+        lane = self.shadow
+        if lane is None:
+            return self.pipeline.score_file(path)
+        result, cut = self.pipeline.score_file_with(path, lane.models_for)
+        if cut is not None:
+            subject = ShadowSubject(
+                source="gateway",
+                tenant=tenant,
+                sha256=result.media.sha256,
+                video_id=job_id,
+                decision_id=None,
+                primary_model=result.model,
+                primary_score=result.score,
+                primary_decision=result.decision,
+            )
+            lane.offer(ShadowWork(subject, cut))
+        return result
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,9 @@
 """Triton backend: the same `InferenceBackend`, served by NVIDIA Triton over gRPC (asyncio client).
 
 Crops are prepared exactly as the embedded backend prepares them (`prepare.py`) and sent per request in
-batches of at most `max_batch_size`; `predict_many` scores the whole ensemble in one call to `ensemble`.
+batches of at most `max_batch_size`; `predict_many` scores the whole ensemble in one call to its ensemble
+model: `ensemble` for the served models, `shadow_ensemble` for a shadow candidate (`ensemble_model`), both in
+the one repository `service/triton/repo.py` writes.
 The asyncio client runs on a private event loop thread, so the pipeline's worker threads can call it like the
 embedded backend. Outages are bounded: each call has a timeout, transient failures (unavailable, deadline,
 exhausted) are retried with backoff, and after `breaker_failures` consecutive failures a circuit breaker
@@ -146,7 +148,7 @@ class TritonBackend:
         breaker_failures: int = 5,
         breaker_reset_seconds: float = 10.0,
         max_batch_size: int = 64,
-        ensemble: str = ENSEMBLE,
+        ensemble_model: str = ENSEMBLE,
         shared_memory: bool = False,
     ) -> None:
         if not manifest_paths:
@@ -157,7 +159,7 @@ class TritonBackend:
         self.timeout = timeout_seconds
         self.retries = retries
         self.max_batch_size = max_batch_size
-        self.ensemble = ensemble
+        self.ensemble_model = ensemble_model  # the Triton ensemble over exactly `manifest_paths`
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset_seconds)
         self._groups = input_groups(self._manifests)
         self._shm = _SharedMemory(self, self._region_bytes()) if shared_memory else None
@@ -278,7 +280,7 @@ class TritonBackend:
         for start in range(0, n, self.max_batch_size):
             stop = min(n, start + self.max_batch_size)
             inputs = {k: np.ascontiguousarray(v[start:stop]) for k, v in prepared.items()}
-            got = self._infer(self.ensemble, inputs, outputs)
+            got = self._infer(self.ensemble_model, inputs, outputs)
             for m in self._manifests:
                 scores[m.name][start:stop] = to_probability(m, got[score_output(m.name)], stop - start)
         return scores
@@ -294,7 +296,7 @@ class TritonBackend:
 
         async def check() -> bool:  # each RPC bounded too: a probe never leaves a call behind on the loop
             return bool(await self._client.is_server_ready(client_timeout=wait)) and bool(
-                await self._client.is_model_ready(self.ensemble, client_timeout=wait)
+                await self._client.is_model_ready(self.ensemble_model, client_timeout=wait)
             )
 
         try:

@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, create_engine, event, insert, select
 from sqlalchemy.engine import Engine, make_url
@@ -30,7 +31,10 @@ from service.events import FlagEvent
 from service.fingerprint import match_fraction, to_signed, to_unsigned
 from service.schemas import DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
 from service.store import migrate as migrations
-from service.store.tables import DecisionRow, FrameHashRow
+from service.store.tables import DecisionRow, FrameHashRow, ShadowRow
+
+if TYPE_CHECKING:  # the value type only: the store does not load the scoring core
+    from service.shadow import ShadowVerdict
 
 __all__ = ["DecisionStore", "NewDecision", "StoredDecision", "brief_error", "engine_for"]
 
@@ -286,3 +290,34 @@ class DecisionStore:
             if existing is None:  # pragma: no cover - a unique violation means the row exists
                 raise
             return existing, False
+
+    def put_shadow(self, verdict: ShadowVerdict) -> int:
+        """Store a shadow ensemble's verdict beside the primary's (`shadow_results`); returns the row id.
+
+        Never read back into a decision nor emitted: `dfguard models diff` compares the two arms from here.
+        """
+        self.ensure_schema()
+        subject = verdict.subject
+        values = dict(
+            decision_id=subject.decision_id,
+            source=subject.source,
+            tenant=subject.tenant,
+            video_id=subject.video_id,
+            sha256=subject.sha256,
+            primary_model_name=subject.primary_model.name,
+            primary_model_version=subject.primary_model.version,
+            primary_score=subject.primary_score,
+            primary_decision=subject.primary_decision,
+            shadow_model_name=verdict.model.name,
+            shadow_model_version=verdict.model.version,
+            shadow_score=verdict.score,
+            shadow_decision=verdict.decision,
+            shadow_review_threshold=verdict.thresholds.review,
+            shadow_flag_threshold=verdict.thresholds.flag,
+            created_at=datetime.now(UTC),
+        )
+        with self.engine.begin() as conn:
+            row_id: int = conn.execute(
+                insert(ShadowRow).values(**values).returning(ShadowRow.id)
+            ).scalar_one()
+        return row_id

@@ -4,6 +4,12 @@ The ensemble takes one input per group of members whose prepared crops are ident
 returns every member's crop scores (`<member>__score`, FP32 [1] per crop) in one call; the video-level
 aggregation stays in `service/decision.py`, so Triton and embedded verdicts are computed the same way.
 
+A shadow (candidate) ensemble, when given, is a second ensemble model, `shadow_ensemble`, built the same way
+from its own manifests. Members are models of the repository, not of an ensemble: a member the primary also
+uses is written once and serves both (one copy of the weights on the GPU, one TensorRT plan), and two
+different models may not share a name. The shadow's inputs and outputs are its own, so its client
+(`TritonBackend(..., ensemble_model="shadow_ensemble")`) prepares crops exactly as for the primary.
+
 Targets:
 - `gpu`: members are TensorRT plans (`platform: "tensorrt_plan"`, built in FP16 from the ONNX files by
   `scripts/build_trt_plans.sh`, run by the Kubernetes init job in NVIDIA's image); `model.plan` files are
@@ -16,8 +22,10 @@ ONNX graph's own, so the client prepares crops exactly as the embedded backend d
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,9 +35,10 @@ import onnxruntime as ort
 from service.inference.prepare import input_groups
 from service.models.manifest import ModelManifest, load_manifest
 
-__all__ = ["ENSEMBLE", "RepoOptions", "build_repo", "score_output"]
+__all__ = ["ENSEMBLE", "SHADOW_ENSEMBLE", "RepoOptions", "build_repo", "score_output"]
 
 ENSEMBLE = "ensemble"
+SHADOW_ENSEMBLE = "shadow_ensemble"
 Target = Literal["gpu", "cpu"]
 
 _MODEL_PY = Path(__file__).with_name("python_model.py")
@@ -80,7 +89,7 @@ def _member_config(m: ModelManifest, target: Target, rank: int, o: RepoOptions) 
     return text
 
 
-def _ensemble_config(models: list[ModelManifest], o: RepoOptions) -> str:
+def _ensemble_config(name: str, models: list[ModelManifest], o: RepoOptions) -> str:
     inputs, steps = [], []
     for input_name, members in input_groups(models):
         m0 = members[0]
@@ -93,7 +102,7 @@ def _ensemble_config(models: list[ModelManifest], o: RepoOptions) -> str:
             )
     outputs = [f'  {{ name: "{score_output(m.name)}" data_type: TYPE_FP32 dims: [ 1 ] }}' for m in models]
     return (
-        f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {o.max_batch_size}\n'
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {o.max_batch_size}\n'
         + "input [\n"
         + ",\n".join(inputs)
         + "\n]\n"
@@ -106,6 +115,44 @@ def _ensemble_config(models: list[ModelManifest], o: RepoOptions) -> str:
     )
 
 
+def _members(
+    primary: list[tuple[ModelManifest, Path, Path]], shadow: list[tuple[ModelManifest, Path, Path]]
+) -> list[tuple[ModelManifest, Path, Path]]:
+    """The repository's members: the primary's, then the shadow's not already among them.
+
+    A shadow member named like a primary member must be that same model (manifest and weights), because
+    Triton knows a model by its name: two different files under one name would silently serve one of them.
+    """
+    for models, what in ((primary, "an ensemble"), (shadow, "the shadow ensemble")):
+        names = [m.name for m, _, _ in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique in {what}")
+        if {ENSEMBLE, SHADOW_ENSEMBLE} & set(names):
+            raise ValueError(f"no model may be named {ENSEMBLE!r} or {SHADOW_ENSEMBLE!r}")
+    by_name = {m.name: (m, model_path) for m, model_path, _ in primary}
+    members = list(primary)
+    for m, model_path, manifest_path in shadow:
+        if m.name not in by_name:
+            members.append((m, model_path, manifest_path))
+            continue
+        same, same_path = by_name[m.name]
+        if same != m or not filecmp.cmp(same_path, model_path, shallow=False):
+            raise ValueError(
+                f"shadow model {m.name!r} ({manifest_path}) differs from the primary model of that name: "
+                "give the candidate a name of its own"
+            )
+    return members
+
+
+def _write_ensemble(out: Path, name: str, models: list[ModelManifest], o: RepoOptions) -> None:
+    e = out / name
+    if e.exists():
+        shutil.rmtree(e)
+    (e / "1").mkdir(parents=True)
+    (e / "1" / ".gitkeep").write_text("")  # Triton needs the version folder; git keeps no empty folder
+    (e / "config.pbtxt").write_text(_ensemble_config(name, models, o))
+
+
 def build_repo(
     manifest_paths: list[Path],
     out: Path,
@@ -113,23 +160,23 @@ def build_repo(
     options: RepoOptions | None = None,
     *,
     copy_models: bool = True,
+    shadow_paths: Sequence[Path] = (),
 ) -> Path:
     """Write the repository for `target` into `out` (replacing members it owns); return `out`.
 
     `copy_models=False` writes configs and manifests only (the committed GPU layout): the ONNX files are then
     copied at deploy time, and `scripts/build_trt_plans.sh` turns each `1/model.onnx` into `1/model.plan`.
+    `shadow_paths` (member manifests) adds `shadow_ensemble`; without them a `shadow_ensemble` left by an
+    earlier build is removed, since Triton would otherwise still load (and fail on) its stale members.
     """
     if target == "cpu" and not copy_models:
         raise ValueError("the cpu target serves the ONNX files themselves: copy_models must be true")
     o = options or RepoOptions()
-    loaded = [load_manifest(p) for p in manifest_paths]
-    models = [m for m, _ in loaded]
-    if len({m.name for m in models}) != len(models):
-        raise ValueError("model names must be unique in an ensemble")
-    if ENSEMBLE in {m.name for m in models}:
-        raise ValueError(f"no model may be named {ENSEMBLE!r}")
+    primary = [(*load_manifest(p), Path(p)) for p in manifest_paths]
+    shadow = [(*load_manifest(p), Path(p)) for p in shadow_paths]
+    members = _members(primary, shadow)
     out.mkdir(parents=True, exist_ok=True)
-    for (m, model_path), manifest_path in zip(loaded, manifest_paths, strict=True):
+    for m, model_path, manifest_path in members:
         d = out / m.name
         if d.exists():
             shutil.rmtree(d)
@@ -144,10 +191,9 @@ def build_repo(
             shutil.copyfile(model_path, d / "1" / "model.onnx")  # gpu: the source of model.plan
         if target == "cpu":
             shutil.copyfile(_MODEL_PY, d / "1" / "model.py")
-    e = out / ENSEMBLE
-    if e.exists():
-        shutil.rmtree(e)
-    (e / "1").mkdir(parents=True)
-    (e / "1" / ".gitkeep").write_text("")  # Triton needs the version folder; git keeps no empty folder
-    (e / "config.pbtxt").write_text(_ensemble_config(models, o))
+    _write_ensemble(out, ENSEMBLE, [m for m, _, _ in primary], o)
+    if shadow:
+        _write_ensemble(out, SHADOW_ENSEMBLE, [m for m, _, _ in shadow], o)
+    elif (out / SHADOW_ENSEMBLE).exists():
+        shutil.rmtree(out / SHADOW_ENSEMBLE)
     return out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from service.compose import build_pipeline
+from service.compose import build_pipeline, build_shadow_lane
 from service.config import Settings
 from service.pipeline import Pipeline
+from service.shadow import ShadowLane
 from service.store import DecisionStore
 from service.worker.dependencies import (
     LazyStore,
@@ -21,13 +22,21 @@ __all__ = ["Emission", "EventHandler", "Health", "Worker", "build_worker"]
 
 
 def build_worker(
-    settings: Settings, pipeline: Pipeline | None = None, store: DecisionStore | None = None
+    settings: Settings,
+    pipeline: Pipeline | None = None,
+    store: DecisionStore | None = None,
+    *,
+    shadow: ShadowLane | None = None,
 ) -> Worker:
     """A worker over the given (or newly built) pipeline and store; `run()` it in a thread or the main one.
 
     A pipeline built here is the gateway's (`build_pipeline`): events scored at once share backend calls.
     Nothing here needs the database or Triton to be up: the store opens once it answers, and until every
-    dependency's probe passes the worker holds."""
+    dependency's probe passes the worker holds.
+
+    `shadow`: a shadow lane to share (the gateway's, with `serve --with-worker`); without one the worker
+    builds its own from `DFG_SHADOW_MODEL_PATHS`, storing through the worker's store, and closes it when it
+    stops."""
     pipeline = pipeline or build_pipeline(settings)
     stores = (
         LazyStore(store=store)
@@ -44,4 +53,8 @@ def build_worker(
 
         probes.append(object_store_probe(S3Access(settings)))
     health = Health.from_settings(probes, settings)
-    return Worker(settings, EventHandler(settings, pipeline, stores, health))
+    owns_shadow = shadow is None
+    if shadow is None:
+        shadow = build_shadow_lane(settings, lambda verdict: stores.get().put_shadow(verdict))
+    handler = EventHandler(settings, pipeline, stores, health, shadow=shadow, owns_shadow=owns_shadow)
+    return Worker(settings, handler)

@@ -11,6 +11,11 @@ dependency is down, the failure belongs to the outage, is not counted, and the e
 and runs again, however long that takes. With every probe up it is this event's: a transient or dependency
 fault is retried with exponential backoff up to `DFG_WORKER_MAX_ATTEMPTS`, then dead-lettered; an internal
 error (a bug) is dead-lettered at once.
+
+Shadow scoring: a scored (not reused) medium in the shadow's arm has the shadow's crops cut while its frames
+are alive; once its decision is stored they are offered to the shadow lane, whose own thread scores them and
+stores a `shadow_results` row beside the decision, while the flag event is produced as if there were no shadow
+(the offer never blocks; the shadow is never emitted).
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ from service.events import FlagEvent, FlagFace, FlagFrame, FlagTimings, UploadEv
 from service.fingerprint import frame_hashes
 from service.media import PendingMedia
 from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
-from service.pipeline import Pipeline
+from service.pipeline import CutCrops, Pipeline
 from service.schemas import ModelRef, ScoreResult
+from service.shadow import ShadowLane, ShadowSubject, ShadowWork
 from service.sources import FetchPolicy, fetch_to_file_sync
 from service.store import DecisionStore, NewDecision, StoredDecision
 from service.worker.dependencies import LazyStore, inference_probe, object_store_probe, store_probe
@@ -96,7 +102,8 @@ class EventHandler:
     """Thread-safe: the worker calls `handle` from several threads at once.
 
     `store` may be an open store or a `LazyStore` (opened once the database answers); `health` defaults to
-    probes of this handler's inference backend and store."""
+    probes of this handler's inference backend and store. `shadow`: the shadow lane scored media are offered
+    to; the handler closes it when `owns_shadow`."""
 
     def __init__(
         self,
@@ -104,9 +111,14 @@ class EventHandler:
         pipeline: Pipeline,
         store: DecisionStore | LazyStore,
         health: Health | None = None,
+        *,
+        shadow: ShadowLane | None = None,
+        owns_shadow: bool = False,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.shadow = shadow
+        self._owns_shadow = owns_shadow
         self.stores = store if isinstance(store, LazyStore) else LazyStore(store=store)
         self.policy = FetchPolicy.from_settings(settings)
         probes = [inference_probe(pipeline.backend), store_probe(self.stores)]
@@ -122,6 +134,8 @@ class EventHandler:
 
     def close(self) -> None:
         self.health.stop()
+        if self.shadow is not None and self._owns_shadow:
+            self.shadow.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     # --- entry point -------------------------------------------------------------------------------------
@@ -217,13 +231,36 @@ class EventHandler:
             fd, name = tempfile.mkstemp(prefix="dfguard-event-", dir=self.scratch)
             os.close(fd)
             try:
-                return store.put(self._analyse(upload, Path(name), store))[0]
+                new, cut = self._analyse(upload, Path(name), store)
+                stored, created = store.put(new)
             finally:
                 Path(name).unlink(missing_ok=True)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"decision store: {type(exc).__name__}: {exc}") from exc
+        if cut is not None and created:  # a decision another worker stored first has its own shadow
+            self._offer_shadow(upload, stored, cut)
+        return stored
 
-    def _analyse(self, upload: UploadEvent, dest: Path, store: DecisionStore) -> NewDecision:
+    def _offer_shadow(self, upload: UploadEvent, stored: StoredDecision, cut: CutCrops) -> None:
+        """Hand the shadow's crops to its lane (never blocks: a full lane skips and counts)."""
+        record = stored.record
+        assert self.shadow is not None and record.sha256 is not None  # scored media have a digest
+        subject = ShadowSubject(
+            source="worker",
+            tenant=upload.tenant,
+            sha256=record.sha256,
+            video_id=upload.video_id,
+            decision_id=stored.id,
+            primary_model=record.model,
+            primary_score=record.score,
+            primary_decision=record.decision,
+        )
+        self.shadow.offer(ShadowWork(subject, cut))
+
+    def _analyse(
+        self, upload: UploadEvent, dest: Path, store: DecisionStore
+    ) -> tuple[NewDecision, CutCrops | None]:
+        """The decision to store, and the shadow's crops when the medium was scored and is in its arm."""
         t0 = time.perf_counter()
         try:
             fetched = fetch_to_file_sync(upload.uri, dest, self.policy, tenant=upload.tenant)
@@ -231,7 +268,7 @@ class EventHandler:
             if not exc.review:
                 raise
             # e.g. over the size limit: user content, a person should look
-            return self._media_error(upload, exc, None, {"fetch": _ms(t0), "total": _ms(t0)})
+            return self._media_error(upload, exc, None, {"fetch": _ms(t0), "total": _ms(t0)}), None
         fetch_ms = _ms(t0)
 
         if self.settings.dedup_exact:
@@ -242,7 +279,7 @@ class EventHandler:
                 same = original.tenant == upload.tenant
                 mark = f"duplicate_of:{original.record.video_id}" if same else "duplicate"
                 reasons = [mark, *original.record.reasons]
-                return self._reuse(upload, original, "duplicate", reasons, fetched.sha256, fetch_ms, t0)
+                return self._reuse(upload, original, "duplicate", reasons, fetched.sha256, fetch_ms, t0), None
 
         t1 = time.perf_counter()
         pending = None
@@ -261,13 +298,19 @@ class EventHandler:
                     if same
                     else "near_duplicate_of_flagged"
                 )
-                return self._reuse(upload, near, "near_duplicate", [mark], fetched.sha256, fetch_ms, t0)
-            result = self.pipeline.score_media(media, fetched.sha256, t1)
+                reused = self._reuse(upload, near, "near_duplicate", [mark], fetched.sha256, fetch_ms, t0)
+                return reused, None
+            if self.shadow is not None:
+                result, cut = self.pipeline.score_media_with(
+                    media, fetched.sha256, t1, self.shadow.models_for
+                )
+            else:
+                result, cut = self.pipeline.score_media(media, fetched.sha256, t1), None
         except MediaError as exc:
             if not exc.review:
                 raise
             spent = {"fetch": fetch_ms, "decode": _ms(t1), "total": _ms(t0)}
-            return self._media_error(upload, exc, fetched.sha256, spent)
+            return self._media_error(upload, exc, fetched.sha256, spent), None
         finally:
             if pending is not None:
                 pending.close()
@@ -276,7 +319,7 @@ class EventHandler:
             fetch=fetch_ms, decode=t.decode, detect=t.detect, classify=t.classify, total=_ms(t0)
         )
         flag = self._flag(upload, result.decision, result.score, result.reasons, _top_frames(result), timings)
-        return NewDecision(
+        new = NewDecision(
             tenant=upload.tenant,
             origin="scored",
             thresholds=self.thresholds,
@@ -284,7 +327,9 @@ class EventHandler:
             sha256=fetched.sha256,
             flag=flag,
             frame_hashes=hashes,
+            source_uri=upload.uri,
         )
+        return new, cut
 
     def _reuse(
         self,
@@ -313,6 +358,7 @@ class EventHandler:
             aggregation=original.record.aggregation,
             sha256=sha256,
             flag=flag,
+            source_uri=upload.uri,
         )
 
     def _media_error(
@@ -326,6 +372,7 @@ class EventHandler:
             aggregation=self.pipeline.policy.aggregation,
             sha256=sha256,
             flag=flag,
+            source_uri=upload.uri,
         )
 
     def _flag(

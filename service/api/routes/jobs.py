@@ -29,7 +29,7 @@ async def _run(app_state: Any, job: Job, intake: Intake) -> None:
     try:
         # Accepted work: it waits its tenant's fair turn for a slot, however long the queue (bounded by the
         # tenant's max_pending_jobs); the scoring deadline starts once it has the slot.
-        result = await app_state.scoring.score(intake.path, None, job.tenant, bounded=False)
+        result = await app_state.scoring.score(intake.path, None, job.tenant, bounded=False, job_id=job.id)
         job.succeed(result)
         metrics.observe_result(result.decision, result.timings_ms.model_dump())
     except ModerationError as exc:

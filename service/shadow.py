@@ -1,0 +1,246 @@
+"""Shadow scoring: a candidate ensemble judges a sample of live traffic beside the primary, never in its way.
+
+Which media are in the shadow's arm is a function of the media's sha256 (`in_shadow_arm`), so a repost of the
+same bytes lands in the same arm on every replica, the gateway and the worker alike. The adapters cut the
+shadow's crops while the frames are alive (`Pipeline.score_media_with`: cropping is cheap next to decoding and
+detection, which the shadow reuses) and, once the primary decision is made, offer them to the `ShadowLane`:
+one low-priority thread with a bounded queue and its own backend (embedded ONNX Runtime with one thread, or
+the `shadow_ensemble` model on Triton), so live crops never wait behind shadow crops in the micro-batcher.
+When the queue is full the medium is skipped and counted, never queued without bound: the shadow is a
+measurement, and an incomplete one is preferable to a primary slowed down by it.
+
+The shadow decides with its own ensemble's policy (its manifest's thresholds and aggregation, else a lone
+model's calibrated thresholds, else the defaults); the `DFG_*_THRESHOLD` overrides are the primary's. Its
+verdict goes to a sink the adapter injects (the decision store's `shadow_results`); it is never emitted as a
+flag event. Nothing here does I/O of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from service import metrics
+from service.decision import Policy, Thresholds, aggregate, choose_policy, decide
+from service.inference import InferenceBackend
+from service.models import EnsembleManifest, ModelManifest
+from service.pipeline import CutCrops, ensemble_ref
+from service.schemas import Decision, ModelRef
+
+__all__ = [
+    "ShadowLane",
+    "ShadowModels",
+    "ShadowSink",
+    "ShadowSource",
+    "ShadowSubject",
+    "ShadowVerdict",
+    "ShadowWork",
+    "in_shadow_arm",
+]
+
+log = logging.getLogger("dfguard.shadow")
+
+ShadowSource = Literal["worker", "gateway"]
+
+
+def in_shadow_arm(sha256: str, sample: float) -> bool:
+    """Whether media with this sha256 is in the shadow's sample: its first 64 bits, read as a fraction of
+    2**64, fall below `sample` (0: never, 1: always). A digest is uniform, so the share is `sample`."""
+    if sample <= 0.0:
+        return False
+    if sample >= 1.0:
+        return True
+    return int(sha256[:16], 16) / 2**64 < sample
+
+
+@dataclass(frozen=True)
+class ShadowModels:
+    """The shadow ensemble: its members, its manifest (if one was named), and the policy it decides with."""
+
+    models: list[ModelManifest]
+    ensemble: EnsembleManifest | None
+    sample: float
+
+    @property
+    def model_ref(self) -> ModelRef:
+        return ensemble_ref(self.models, self.ensemble)
+
+    @property
+    def policy(self) -> Policy:
+        """As `Pipeline._policy`, without the settings' overrides (those were chosen for the primary)."""
+        ens = self.ensemble
+        lone = self.models[0].thresholds if len(self.models) == 1 else None
+        return choose_policy(
+            review=None,
+            flag=None,
+            aggregation=None,
+            ensemble=(ens.thresholds.review, ens.thresholds.flag) if ens and ens.thresholds else None,
+            ensemble_aggregation=ens.aggregation if ens else None,
+            model=(lone.review, lone.flag) if lone else None,
+        )
+
+    def models_for(self, sha256: str) -> Sequence[ModelManifest]:
+        """The models to cut crops for (`service.pipeline.ExtraModels`): all of them in the arm, else none."""
+        return self.models if in_shadow_arm(sha256, self.sample) else ()
+
+
+@dataclass(frozen=True)
+class ShadowSubject:
+    """Which medium the shadow judged and what the primary decided on it."""
+
+    source: ShadowSource
+    tenant: str
+    sha256: str
+    video_id: str | None  # the worker's video id, the gateway's job id; None for `/v1/score`
+    decision_id: int | None  # the stored decision (worker)
+    primary_model: ModelRef
+    primary_score: float | None
+    primary_decision: Decision
+
+
+@dataclass(frozen=True)
+class ShadowWork:
+    subject: ShadowSubject
+    crops: CutCrops
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """What the sink stores: the shadow's verdict beside the primary's (`shadow_results`)."""
+
+    subject: ShadowSubject
+    model: ModelRef
+    score: float | None
+    decision: Decision
+    thresholds: Thresholds
+
+
+ShadowSink = Callable[[ShadowVerdict], object]  # its return value is ignored
+
+
+class ShadowLane:
+    """One daemon thread scoring `ShadowWork` with the shadow's backend, fed through a bounded queue.
+
+    `offer` never blocks. Failures never leave the lane: inference failures count as
+    `dfguard_shadow_skipped_total{reason="failed"}`, sink failures (the store is down) as
+    `{reason="store_unavailable"}`. The lane owns `backend` and closes it.
+    """
+
+    def __init__(
+        self, shadow: ShadowModels, backend: InferenceBackend, sink: ShadowSink, *, maxsize: int = 8
+    ) -> None:
+        self.shadow = shadow
+        self.backend = backend
+        self.sink = sink
+        self.model_ref = shadow.model_ref
+        self.policy = shadow.policy
+        self._untrained = any(not m.trained for m in shadow.models)
+        self._queue: queue.Queue[ShadowWork | None] = queue.Queue(maxsize=maxsize)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dfguard-shadow", daemon=True)
+        self._thread.start()
+        for reason in ("queue_full", "failed", "store_unavailable", "no_faces_cut"):
+            metrics.SHADOW_SKIPPED.labels(reason=reason)
+
+    def models_for(self, sha256: str) -> Sequence[ModelManifest]:
+        """`ShadowModels.models_for`: what the pipeline passes as `extra` (none once the lane is closed)."""
+        return () if self._closed.is_set() else self.shadow.models_for(sha256)
+
+    def offer(self, work: ShadowWork) -> bool:
+        """Queue `work` for the shadow if there is room; False (and counted) when it was skipped."""
+        if self._closed.is_set():
+            return False
+        if not work.crops.crop_frames:  # no face: both arms would say allow without looking
+            metrics.SHADOW_SKIPPED.labels(reason="no_faces_cut").inc()
+            return False
+        try:
+            self._queue.put_nowait(work)
+        except queue.Full:
+            metrics.SHADOW_SKIPPED.labels(reason="queue_full").inc()
+            return False
+        metrics.SHADOW_QUEUE_DEPTH.set(self._queue.qsize())
+        return True
+
+    def judge(self, crops: CutCrops) -> tuple[float | None, Decision]:
+        """The shadow's score and decision on `crops`: one queued item's work, on the caller's thread."""
+        scores = self.backend.predict_many(crops.crops_by_model)
+        score = aggregate(
+            {m.name: scores[m.name].tolist() for m in self.shadow.models},
+            crops.crop_frames,
+            self.policy.aggregation,
+        )
+        extra = ["partially_decoded"] if crops.partial else []
+        if self._untrained:
+            extra.append("untrained_model")
+        verdict = decide(score, self.policy.thresholds, extra)
+        return verdict.score, verdict.decision
+
+    def _run(self) -> None:
+        while True:
+            work = self._queue.get()
+            metrics.SHADOW_QUEUE_DEPTH.set(self._queue.qsize())
+            if work is None:
+                return
+            self._score(work)
+
+    def _score(self, work: ShadowWork) -> None:
+        subject = work.subject
+        try:
+            score, decision = self.judge(work.crops)
+        except Exception as exc:  # noqa: BLE001 - the shadow must never take the service down
+            log.warning(
+                "shadow scoring failed",
+                extra={"error": f"{type(exc).__name__}: {exc}", "media_id": subject.sha256},
+            )
+            metrics.SHADOW_SKIPPED.labels(reason="failed").inc()
+            return
+        verdict = ShadowVerdict(subject, self.model_ref, score, decision, self.policy.thresholds)
+        try:
+            self.sink(verdict)
+        except Exception as exc:  # noqa: BLE001 - a store that is down loses this row, nothing else
+            log.warning(
+                "shadow result not stored",
+                extra={"error": f"{type(exc).__name__}: {exc}", "media_id": subject.sha256},
+            )
+            metrics.SHADOW_SKIPPED.labels(reason="store_unavailable").inc()
+            return
+        metrics.SHADOW_DECISIONS.labels(primary=subject.primary_decision, shadow=decision).inc()
+        if score is not None and subject.primary_score is not None:
+            metrics.SHADOW_SCORE_DIFF.observe(score - subject.primary_score)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking work, finish what is queued within `timeout` seconds (the rest is dropped), release
+        the backend."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        deadline = time.monotonic() + timeout
+        while True:  # room for the stop mark, dropping queued work only once time runs out
+            try:
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()) or 0.01)
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    self._drop_queued()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.warning("shadow lane still scoring at shutdown: left behind")
+        else:
+            self.backend.close()
+        metrics.SHADOW_QUEUE_DEPTH.set(0)
+
+    def _drop_queued(self) -> None:
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+                dropped += 1
+            except queue.Empty:
+                break
+        if dropped:
+            log.warning("shadow work dropped at shutdown", extra={"count": dropped})

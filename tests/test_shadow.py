@@ -1,0 +1,322 @@
+"""Shadow scoring: the arm, the bounded lane, and shadow rows from a real gateway and a real Kafka worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from devtools import media_factory as mf
+from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tools import (
+    Producer,
+    Topics,
+    create_topics,
+    file_uri,
+    read_topic,
+    running_worker,
+    upload_event,
+    worker_settings,
+)
+from devtools.servers import gateway, wait_until
+from service.compose import build_backend, build_shadow_lane, choose_shadow
+from service.config import Settings
+from service.decision import Thresholds
+from service.media import file_sha256
+from service.pipeline import CutCrops, Pipeline
+from service.schemas import ModelRef
+from service.shadow import ShadowLane, ShadowModels, ShadowSubject, ShadowVerdict, ShadowWork, in_shadow_arm
+from service.store import DecisionStore
+from service.store.tables import DecisionRow, ShadowRow
+from service.worker import build_worker
+
+REPO = Path(__file__).resolve().parent.parent
+SHADOW = REPO / "service/models/builtin/untrained-mini/model.json"  # a second, different ensemble
+SHADOW_NAME = "dfguard-untrained-mini"
+DECISIONS = ("allow", "review", "flag")
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _decided_after(primary: str) -> float:
+    return sum(_metric("dfguard_shadow_decisions_total", primary=primary, shadow=d) for d in DECISIONS)
+
+
+def _rows(url: str) -> list[ShadowRow]:
+    store = DecisionStore(url)
+    try:
+        with Session(store.engine) as s:
+            return list(s.scalars(select(ShadowRow).order_by(ShadowRow.id)))
+    finally:
+        store.close()
+
+
+def _hashes(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [hashlib.sha256(rng.randbytes(32)).hexdigest() for _ in range(n)]
+
+
+# --- the arm ---------------------------------------------------------------------------------------------
+
+
+def test_arm_is_a_deterministic_share_of_the_digests() -> None:
+    digests = _hashes(2000)
+    arm = [d for d in digests if in_shadow_arm(d, 0.1)]
+    assert 150 <= len(arm) <= 250, len(arm)  # binomial(2000, 0.1): 200 +- 3.7 standard deviations
+    assert arm == [d for d in digests if in_shadow_arm(d, 0.1)], "a repost lands in the same arm"
+    assert set(d for d in digests if in_shadow_arm(d, 0.05)) < set(arm), "a larger sample only adds media"
+    assert not any(in_shadow_arm(d, 0.0) for d in digests)
+    assert all(in_shadow_arm(d, 1.0) for d in digests)
+    assert in_shadow_arm("0" * 64, 0.001) and not in_shadow_arm("f" * 64, 0.999)
+
+
+def _shadow_models(sample: float) -> ShadowModels:
+    s = Settings(shadow_model_paths=[SHADOW], shadow_sample=sample)
+    models = choose_shadow(s)
+    assert models is not None
+    backend = build_backend(s, models, threads=1)
+    try:
+        return ShadowModels(backend.models, models.ensemble, sample)
+    finally:
+        backend.close()
+
+
+def test_zero_sample_cuts_nothing_and_builds_no_lane(pipeline: Pipeline, face_clip: Path) -> None:
+    assert build_shadow_lane(Settings(shadow_model_paths=[SHADOW], shadow_sample=0.0), lambda v: None) is None
+    assert build_shadow_lane(Settings(), lambda v: None) is None  # no shadow configured
+    never = _shadow_models(0.0)
+    scored = pipeline.score_file_with(face_clip, never.models_for)
+    assert scored.extra is None and scored.result.crops_scored > 0
+
+
+def test_shadow_crops_come_from_the_faces_the_primary_classified(pipeline: Pipeline, face_clip: Path) -> None:
+    shadow = _shadow_models(1.0)
+    plain = pipeline.score_file(face_clip)
+    result, cut = pipeline.score_file_with(face_clip, shadow.models_for)
+    assert cut is not None and set(cut.crops_by_model) == {SHADOW_NAME}
+    crops = cut.crops_by_model[SHADOW_NAME]
+    assert crops.shape == (plain.crops_scored, 224, 224, 3) and crops.dtype == np.uint8 and crops.any()
+    assert len(cut.crop_frames) == plain.crops_scored and not cut.partial
+    assert result.model_dump(exclude={"timings_ms"}) == plain.model_dump(exclude={"timings_ms"})
+
+
+# --- the lane ---------------------------------------------------------------------------------------------
+
+
+def _work(crops: int = 3, size: int = 224) -> ShadowWork:
+    rng = np.random.default_rng(crops)
+    cut = CutCrops(
+        {SHADOW_NAME: rng.integers(0, 256, (crops, size, size, 3), dtype=np.uint8)}, [0] * crops, False
+    )
+    subject = ShadowSubject(
+        source="gateway",
+        tenant="acme",
+        sha256="ab" * 32,
+        video_id=None,
+        decision_id=None,
+        primary_model=ModelRef(name="primary", version="1"),
+        primary_score=0.5,
+        primary_decision="allow",
+    )
+    return ShadowWork(subject, cut)
+
+
+@pytest.fixture
+def blocked_lane() -> Iterator[tuple[ShadowLane, list[ShadowVerdict], threading.Event, threading.Event]]:
+    """A real lane (the bundled untrained model on ONNX Runtime) whose sink waits for `release`."""
+    s = Settings(shadow_model_paths=[SHADOW], shadow_sample=1.0, shadow_queue=1)
+    stored: list[ShadowVerdict] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def sink(verdict: ShadowVerdict) -> None:
+        entered.set()
+        assert release.wait(30)
+        if verdict.subject.tenant == "broken-store":
+            raise ConnectionError("the store is down")
+        stored.append(verdict)
+
+    lane = build_shadow_lane(s, sink)
+    assert lane is not None
+    yield lane, stored, entered, release
+    release.set()
+    lane.close(timeout=30)
+
+
+def test_a_full_lane_skips_and_counts_never_blocks(
+    blocked_lane: tuple[ShadowLane, list[ShadowVerdict], threading.Event, threading.Event],
+) -> None:
+    lane, stored, entered, release = blocked_lane
+    full = _metric("dfguard_shadow_skipped_total", reason="queue_full")
+    decided = _decided_after("allow")
+    assert lane.offer(_work())  # taken by the lane's thread, which then waits in the sink
+    assert entered.wait(30)
+    assert lane.offer(_work())  # the one place in the queue
+    assert _metric("dfguard_shadow_queue_depth") == 1
+    assert not lane.offer(_work()), "a full queue refuses at once"
+    assert not lane.offer(_work())
+    assert _metric("dfguard_shadow_skipped_total", reason="queue_full") == full + 2
+    release.set()
+    wait_until(lambda: len(stored) == 2, 30, what="the two accepted items stored")
+    v = stored[0]
+    assert v.model == ModelRef(name=SHADOW_NAME, version="0.0.0-untrained")
+    assert v.thresholds == Thresholds() and v.score is not None and 0.0 <= v.score <= 1.0
+    assert v.decision in ("allow", "review", "flag")
+    wait_until(lambda: _decided_after("allow") == decided + 2, 10, what="each stored verdict counted once")
+
+
+def test_failures_stay_in_the_lane(
+    blocked_lane: tuple[ShadowLane, list[ShadowVerdict], threading.Event, threading.Event],
+) -> None:
+    lane, stored, _, release = blocked_lane
+    release.set()
+    failed = _metric("dfguard_shadow_skipped_total", reason="failed")
+    down = _metric("dfguard_shadow_skipped_total", reason="store_unavailable")
+    no_faces = _metric("dfguard_shadow_skipped_total", reason="no_faces_cut")
+    assert lane.offer(_work(size=100))  # not the model's input size: ONNX Runtime refuses it
+    wait_until(lambda: _metric("dfguard_shadow_skipped_total", reason="failed") == failed + 1, 30)
+    broken = _work()
+    assert lane.offer(ShadowWork(dataclasses.replace(broken.subject, tenant="broken-store"), broken.crops))
+    wait_until(lambda: _metric("dfguard_shadow_skipped_total", reason="store_unavailable") == down + 1, 30)
+    assert not lane.offer(_work(crops=0))  # nothing to score: both arms would allow without looking
+    assert _metric("dfguard_shadow_skipped_total", reason="no_faces_cut") == no_faces + 1
+    assert lane.offer(_work())
+    wait_until(lambda: len(stored) == 1, 30, what="the lane still scoring after its failures")
+    lane.close(timeout=30)
+    assert not lane.offer(_work()) and not lane.models_for("00" * 32)
+
+
+# --- the gateway ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shadow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    db = f"sqlite:///{tmp_path_factory.mktemp('shadow-gw') / 'decisions.sqlite3'}"
+    settings = Settings(
+        database_url=db,
+        shadow_model_paths=[SHADOW],
+        shadow_sample=1.0,
+        api_keys={"key-a": "acme"},
+        workers=2,
+    )
+    with gateway(settings) as (url, app):
+        assert app.state.shadow is not None
+        yield url, db
+
+
+def test_gateway_score_stores_a_shadow_row_after_answering(
+    shadow_gateway: tuple[str, str], face_clip: Path
+) -> None:
+    url, db = shadow_gateway
+    before = len(_rows(db))
+    diffs = _metric("dfguard_shadow_score_difference_count")
+    with open(face_clip, "rb") as fh:
+        resp = httpx.post(
+            f"{url}/v1/score",
+            files={"file": (face_clip.name, fh)},
+            headers={"authorization": "Bearer key-a"},
+            timeout=120,
+        )
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["model"]["name"] == "dfguard-default", "the answer is the primary's"
+    wait_until(lambda: len(_rows(db)) > before, 60, what="the shadow row")
+    row = _rows(db)[-1]
+    assert (row.source, row.tenant, row.video_id, row.decision_id) == ("gateway", "acme", None, None)
+    assert row.sha256 == doc["media"]["sha256"] == file_sha256(face_clip)
+    assert (row.primary_model_name, row.primary_model_version) == (
+        doc["model"]["name"],
+        doc["model"]["version"],
+    )
+    assert row.primary_decision == doc["decision"] and row.primary_score == pytest.approx(doc["score"])
+    assert (row.shadow_model_name, row.shadow_model_version) == (SHADOW_NAME, "0.0.0-untrained")
+    assert row.shadow_decision in ("allow", "review", "flag") and row.shadow_score is not None
+    assert (row.shadow_review_threshold, row.shadow_flag_threshold) == (
+        Thresholds().review,
+        Thresholds().flag,
+    )
+    assert row.created_at is not None
+    assert _metric("dfguard_shadow_score_difference_count") == diffs + 1
+    exposed = httpx.get(f"{url}/metrics").text
+    line = f'dfguard_shadow_decisions_total{{primary="{doc["decision"]}",shadow="{row.shadow_decision}"}}'
+    assert line in exposed
+
+
+def test_gateway_job_shadow_row_names_the_job(shadow_gateway: tuple[str, str], face_clip: Path) -> None:
+    url, db = shadow_gateway
+    auth = {"authorization": "Bearer key-a"}
+    with open(face_clip, "rb") as fh:
+        resp = httpx.post(f"{url}/v1/jobs", files={"file": (face_clip.name, fh)}, headers=auth, timeout=60)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+
+    def done() -> Any:
+        return httpx.get(f"{url}/v1/jobs/{job_id}", headers=auth).json()["status"] == "succeeded"
+
+    wait_until(done, 120, what="the job")
+    wait_until(lambda: any(r.video_id == job_id for r in _rows(db)), 60, what="the job's shadow row")
+    row = next(r for r in _rows(db) if r.video_id == job_id)
+    assert row.source == "gateway" and row.tenant == "acme" and row.decision_id is None
+
+
+# --- the worker -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_worker_stores_shadow_rows_beside_decisions_and_emits_nothing_more(
+    kafka: KafkaBroker, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    media_root = tmp_path / "uploads"
+    media_root.mkdir()
+    clip = mf.make_face_clip(media_root / "a.mp4", seconds=2.0, width=640, height=360)
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(
+        kafka.bootstrap,
+        topics,
+        tmp_path,
+        media_root,
+        shadow_model_paths=[SHADOW],
+        shadow_sample=1.0,
+        worker_shutdown_grace_seconds=20,
+    )
+    uri = file_uri(clip)
+    producer = Producer(kafka.bootstrap)
+    try:
+        with running_worker(build_worker(s, pipeline)):
+            producer.send(topics.uploads, upload_event("vid-1", uri))
+            assert len(read_topic(kafka.bootstrap, topics.flags, 1)) == 1
+            wait_until(lambda: len(_rows(s.database_url)) == 1, 60, what="the worker's shadow row")
+            producer.send(topics.uploads, upload_event("vid-2", uri))  # a repost: reused, not scored
+            assert len(read_topic(kafka.bootstrap, topics.flags, 2)) == 2
+    finally:
+        producer.close()
+    assert len(read_topic(kafka.bootstrap, topics.flags, 3, timeout=3)) == 2, "the shadow is never emitted"
+    rows = _rows(s.database_url)
+    assert len(rows) == 1, "only scored media are shadowed, not reposts"
+    store = DecisionStore(s.database_url)
+    try:
+        stored = store.get("acme", "vid-1")
+        with Session(store.engine) as session:
+            uris = dict(session.execute(select(DecisionRow.video_id, DecisionRow.source_uri)).all())
+    finally:
+        store.close()
+    assert stored is not None and stored.record.origin == "scored"
+    row = rows[0]
+    assert (row.source, row.tenant, row.video_id, row.decision_id) == ("worker", "acme", "vid-1", stored.id)
+    assert row.sha256 == stored.record.sha256 == file_sha256(clip)
+    assert row.primary_decision == stored.record.decision and row.primary_score == stored.record.score
+    assert row.primary_model_name == stored.record.model.name and row.shadow_model_name == SHADOW_NAME
+    assert uris == {"vid-1": uri, "vid-2": uri}, "every worker decision records where its media came from"
