@@ -18,6 +18,7 @@ flag event. Nothing here does I/O of its own.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -123,6 +124,19 @@ class ShadowVerdict:
 ShadowSink = Callable[[ShadowVerdict], object]  # its return value is ignored
 
 
+def _lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (nice 19), where the OS allows it.
+
+    On Linux a thread has its own nice value (`setpriority` on its thread id), and with one intra-op thread
+    ONNX Runtime computes on the calling thread: the shadow then only uses CPU time the primary leaves idle,
+    instead of taking an equal share of a saturated machine.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the lane still works, at normal priority
+        log.info("shadow lane runs at normal CPU priority (setpriority unavailable)")
+
+
 class ShadowLane:
     """One daemon thread scoring `ShadowWork` with the shadow's backend, fed through a bounded queue.
 
@@ -181,6 +195,7 @@ class ShadowLane:
         return verdict.score, verdict.decision
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             work = self._queue.get()
             metrics.SHADOW_QUEUE_DEPTH.set(self._queue.qsize())

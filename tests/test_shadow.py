@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import random
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +42,8 @@ from service.shadow import ShadowLane, ShadowModels, ShadowSubject, ShadowVerdic
 from service.store import DecisionStore
 from service.store.tables import DecisionRow, ShadowRow
 from service.worker import build_worker
+
+_START_NICE = os.getpriority(os.PRIO_PROCESS, 0)  # the test process's, before any lane started
 
 REPO = Path(__file__).resolve().parent.parent
 SHADOW = REPO / "service/models/builtin/untrained-mini/model.json"  # a second, different ensemble
@@ -175,6 +179,21 @@ def test_a_full_lane_skips_and_counts_never_blocks(
     assert v.thresholds == Thresholds() and v.score is not None and 0.0 <= v.score <= 1.0
     assert v.decision in ("allow", "review", "flag")
     wait_until(lambda: _decided_after("allow") == decided + 2, 10, what="each stored verdict counted once")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are a Linux feature")
+def test_the_lane_scores_at_the_lowest_cpu_priority(
+    blocked_lane: tuple[ShadowLane, list[ShadowVerdict], threading.Event, threading.Event],
+) -> None:
+    lane, _, entered, release = blocked_lane
+    assert lane.offer(_work())
+    assert entered.wait(30)  # the lane's thread is running (and has set its priority before taking work)
+    tid = lane._thread.native_id
+    assert tid is not None
+    assert os.getpriority(os.PRIO_PROCESS, tid) == 19, "the shadow only takes CPU the primary leaves idle"
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert mine == _START_NICE, "per thread: the rest of the process keeps its priority"
+    release.set()
 
 
 def test_failures_stay_in_the_lane(
