@@ -168,6 +168,75 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.compose import build_pipeline
+    from service.config import Settings
+    from service.errors import ModerationError
+    from service.logs import configure
+    from service.rescore import Rescorer, RescoreRefused, check_settings, parse_model, parse_when
+    from service.store import DecisionStore, brief_error
+    from service.store.revisions import Selection
+
+    configure()
+    settings = Settings()
+    name, version = parse_model(args.model)
+    selection = Selection(
+        since=parse_when(args.since),
+        until=parse_when(args.until),
+        decisions=frozenset(args.decision),
+        model_name=name,
+        model_version=version,
+        tenant=args.tenant,
+        limit=args.limit,
+    )
+    try:
+        check_settings(settings)  # before loading any model
+    except RescoreRefused as exc:
+        _print_error(args, "invalid_request", str(exc))
+        return 2
+    # lazy: a store that is down or behind is reported below, like every other failure of the run
+    store = DecisionStore(settings.database_url, migrate=settings.database_migrate_on_start, lazy=True)
+    try:
+        # One caller: no micro-batcher (as `dfguard score`).
+        rescorer = Rescorer(settings, build_pipeline(settings, batching=False), store, dry_run=args.dry_run)
+        try:
+            report = rescorer.run(selection)
+        finally:
+            rescorer.close()
+    except RescoreRefused as exc:
+        _print_error(args, "invalid_request", str(exc))
+        return 2
+    except ModerationError as exc:  # a dependency down: what is done stays done, a rerun resumes
+        _print_error(args, exc.code, f"rescore stopped: {exc.message}")
+        return 1
+    except (SQLAlchemyError, KafkaError) as exc:
+        code = "store_unavailable" if isinstance(exc, SQLAlchemyError) else "kafka_unavailable"
+        _print_error(args, code, f"rescore stopped: {brief_error(exc)}")
+        return 1
+    finally:
+        store.close()
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+        return 0
+    r = report
+    print(
+        f"{'dry run: ' if r.dry_run else ''}{r.selected} selected, {r.rescored} rescored, "
+        f"{r.changed} changed, {r.unchanged} unchanged, {r.current} current, {r.follows_original} reposts, "
+        f"{r.skipped_no_uri} without URI, {r.missing_media} missing media, {r.failed} failed; "
+        f"{r.emitted} events emitted ({r.resumed} resumed)"
+    )
+    for c in r.changes:
+        print(f"  {c.tenant}/{c.video_id}: {c.before} -> {c.after} (revision {c.revision})")
+    for ref in r.no_uri:
+        print(f"  {ref.tenant}/{ref.video_id}: no source URI, skipped")
+    for problem in [*r.missing, *r.failures]:
+        print(f"  {problem.tenant}/{problem.video_id}: {problem.code}: {problem.message}")
+    return 0
+
+
 def _cmd_db(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -424,6 +493,28 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--group", help="consumer group keeping the progress (default DFG_DLQ_REPLAY_GROUP_ID)")
     rep.add_argument("--dry-run", action="store_true", help="report what would be replayed; publish nothing")
     rep.set_defaults(func=_cmd_dlq_replay)
+    rescore = sub.add_parser(
+        "rescore",
+        help="re-decide stored worker decisions with the current models; emit the changed ones as revisions",
+        description="Fetch the media of the selected worker decisions again (their source URI), decide them "
+        "with the current models and thresholds, and store and produce each changed decision as its next "
+        "revision (flag events schema v2, `revision` and `supersedes`), exact reposts following. "
+        "Restartable: a rerun first produces what an interrupted run stored, and skips decisions already "
+        "decided by the current models and thresholds.",
+    )
+    rescore.add_argument("--since", help="only decisions decided at or after this ISO 8601 time")
+    rescore.add_argument("--until", help="only decisions decided before this ISO 8601 time")
+    rescore.add_argument(
+        "--decision", action="append", default=[], choices=["allow", "review", "flag"], help="repeatable"
+    )
+    rescore.add_argument("--model", help="only decisions of this model: NAME or NAME:VERSION")
+    rescore.add_argument("--tenant", help="only this tenant's decisions")
+    rescore.add_argument("--limit", type=int, help="at most this many decisions (oldest first)")
+    rescore.add_argument(
+        "--dry-run", action="store_true", help="report what would change; store and emit nothing"
+    )
+    rescore.add_argument("--json", action="store_true", help="print the report as JSON")
+    rescore.set_defaults(func=_cmd_rescore)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of the Kafka event contracts")
     schemas.add_argument("out", nargs="?", default="docs/schemas")
     schemas.set_defaults(func=_cmd_schemas)

@@ -330,6 +330,11 @@ class Settings(BaseSettings):
     kafka_group_id: str = Field("dfguard-worker", description="Consumer group of the workers.")
     kafka_uploads_topic: str = "videos.uploaded"
     kafka_flags_topic: str = "moderation.flags"
+    flags_schema_version: Literal[1, 2] = Field(
+        2,
+        description="Schema version of the flag events produced (`docs/schemas/`): 2 (revisions, open to "
+        "added fields) or 1 for consumers that validate against the closed v1 schema (no `dfguard rescore`).",
+    )
     kafka_dlq_topic: str = "videos.uploaded.dlq"
     kafka_client_id: str = "dfguard"
     kafka_session_timeout_ms: int = Field(
@@ -477,6 +482,12 @@ class Settings(BaseSettings):
                 if (problem := s3_bucket_problem(bucket)) is not None:
                     raise ValueError(f"s3_buckets[{tenant!r}]: {bucket!r} is not a bucket name ({problem})")
         return value
+
+    @field_validator("flags_schema_version", mode="before")
+    @classmethod
+    def _schema_version_number(cls, value: object) -> object:
+        """The environment gives "1"; a Literal of ints matches no string."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     @field_validator("s3_endpoint_url")
     @classmethod

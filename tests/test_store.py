@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,11 +18,21 @@ from devtools import media_factory as mf
 from devtools.postgres_server import PostgresServer
 from devtools.records import new_decision as _new
 from service.config import Settings
+from service.events import (
+    FlagTimings,
+    RevisionNotExpressible,
+    encode_flag_event,
+    flag_event_id,
+    parse_flag_event,
+)
 from service.fingerprint import frame_hashes, match_fraction, to_signed, to_unsigned
 from service.media import load_media
-from service.schemas import ModelRef, UsedThresholds
-from service.store import DecisionStore
+from service.schemas import Decision, ModelRef, UsedThresholds
+from service.store import DecisionStore, NewDecision
+from service.store.revisions import Redecision, StaleRevision
 from service.worker.offsets import PartitionOffsets
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -33,7 +46,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionSt
     yield s
     if request.param == "postgresql":  # one cluster for the session: leave it empty for the next test
         with s.engine.begin() as conn:
-            conn.exec_driver_sql("TRUNCATE decisions, frame_hashes, shadow_results RESTART IDENTITY")
+            conn.exec_driver_sql(
+                "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions RESTART IDENTITY"
+            )
     s.close()
 
 
@@ -161,3 +176,107 @@ def test_match_fraction_counts_frames_within_the_distance() -> None:
     assert match_fraction(q, c, 3) == pytest.approx(2 / 3)
     assert match_fraction([], c, 3) == 0.0
     assert np.isclose(match_fraction(q, q, 0), 1.0)
+
+
+# --- revisions (`dfguard rescore`) -------------------------------------------------------------------------
+
+
+def _redecision(decision: Decision, *, hashes: tuple[int, ...] | None = None) -> Redecision:
+    return Redecision(
+        decision=decision,
+        score={"allow": 0.1, "review": 0.6, "flag": 0.95}[decision],
+        reasons=["rescored"],
+        origin="scored",
+        model=ModelRef(name="m", version="2"),
+        thresholds=UsedThresholds(review=0.3, flag=0.9, source="settings"),
+        aggregation="confident",
+        top_frames=[],
+        timings=FlagTimings(fetch=2.0, total=9.0),
+        frame_hashes=hashes,
+    )
+
+
+def _repost(video_id: str, mark: str, *, tenant: str = "acme", sha: str = "cd" * 32) -> NewDecision:
+    base = _new(video_id, tenant=tenant, decision="flag", sha=sha, origin="duplicate")
+    return replace(base, flag=base.flag.model_copy(update={"reasons": [mark, "untrained_model"]}))
+
+
+def test_a_re_decision_is_the_next_revision_and_keeps_the_history(store: DecisionStore) -> None:
+    first, _ = store.put(_new("v1", decision="flag"))
+    revised = store.revise(first.id, 1, _redecision("allow"))
+    assert [r.video_id for r in revised] == ["v1"]
+    event = revised[0].event
+    assert event.revision == 2 and event.supersedes == first.record.flag_event_id
+    assert event.event_id == flag_event_id("acme", "v1", 2) != flag_event_id("acme", "v1")
+    assert event.source_event_id == first.record.source_event_id, "still the upload's decision"
+
+    now = store.get("acme", "v1")
+    assert now is not None and now.revision == 2 and now.flag_event_json == revised[0].value
+    assert now.record.decision == "allow" and now.record.model == ModelRef(name="m", version="2")
+    assert now.record.flag_event_id == event.event_id
+    history = store.revisions("acme", "v1")
+    assert [(e.revision, e.decision) for e in history] == [(1, "flag"), (2, "allow")]
+    assert history[0] == parse_flag_event(first.flag_event_json), "revision 1 kept as emitted"
+
+    assert [(p.video_id, p.revision, p.value) for p in store.pending_emissions()] == [
+        ("v1", 2, revised[0].value)
+    ]
+    store.mark_emitted([p.id for p in store.pending_emissions()])
+    assert store.pending_emissions() == []
+    with pytest.raises(StaleRevision):
+        store.revise(first.id, 1, _redecision("review"))  # another run got there first
+    third = store.revise(first.id, 2, _redecision("review"))[0].event
+    assert (third.revision, third.supersedes) == (3, event.event_id)
+    assert [e.revision for e in store.revisions("acme", "v1")] == [1, 2, 3]
+
+
+def test_exact_reposts_and_the_near_duplicate_index_follow_a_revision(store: DecisionStore) -> None:
+    fake = _random_hashes(7)
+    sha = "cd" * 32
+    original, _ = store.put(_new("orig", decision="flag", sha=sha, hashes=fake))
+    store.put(_repost("copy", "duplicate_of:orig"))
+    store.put(_repost("elsewhere", "duplicate", tenant="globex"))
+    store.put(_repost("unrelated", "duplicate_of:another"))
+    assert store.find_near_flagged(fake, 4, 0.75) is not None  # the index holds it now
+
+    revised = store.revise(original.id, 1, _redecision("allow"))
+    assert [(r.tenant, r.video_id) for r in revised] == [
+        ("acme", "orig"),
+        ("acme", "copy"),
+        ("globex", "elsewhere"),
+    ]
+    copy = store.get("acme", "copy")
+    assert copy is not None and copy.revision == 2 and copy.record.decision == "allow"
+    assert copy.record.reasons == ["duplicate_of:orig", "rescored"] and copy.record.origin == "duplicate"
+    assert parse_flag_event(copy.flag_event_json).supersedes == "flag-acme-copy"  # its own revision 1
+    unrelated = store.get("acme", "unrelated")
+    assert unrelated is not None and unrelated.revision == 1 and unrelated.record.decision == "flag"
+    exact = store.find_exact(sha, "acme")
+    assert exact is not None and exact.record.decision == "allow", "a new repost reuses the latest revision"
+    assert store.find_near_flagged(fake, 4, 0.75) is None, "no longer flagged: out of the index"
+    assert len(store.pending_emissions()) == 3
+
+    store.revise(original.id, 2, _redecision("flag"))
+    back = store.find_near_flagged(fake, 4, 0.75)
+    assert back is not None and back.record.video_id == "orig" and back.revision == 3
+
+
+def test_flag_events_are_stored_in_the_configured_schema_version(store: DecisionStore) -> None:
+    v1 = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "moderation.flags.v1.schema.json").read_text())
+    )
+    v2 = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "moderation.flags.v2.schema.json").read_text())
+    )
+    old, _ = store.put(replace(_new("old"), schema_version=1))
+    new, _ = store.put(_new("new"))
+    assert old.schema_version == 1 and json.loads(old.flag_event_json)["schema_version"] == 1
+    v1.validate(json.loads(old.flag_event_json))
+    assert new.schema_version == 2 and json.loads(new.flag_event_json)["revision"] == 1
+    v2.validate(json.loads(new.flag_event_json))
+    assert store.get("acme", "old") == old, "a v1 event reads back as stored"
+    revised = store.revise(old.id, 1, _redecision("flag"))[0]
+    v2.validate(json.loads(revised.value))
+    assert [e.schema_version for e in store.revisions("acme", "old")] == [2, 2]  # parsed as v2 models
+    with pytest.raises(RevisionNotExpressible):
+        encode_flag_event(revised.event, 1)

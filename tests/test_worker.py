@@ -106,7 +106,7 @@ def test_upload_event_becomes_a_stored_flag_event_with_headers(
     record = records[0]
     assert record.key == b"vid-1"
     headers = dict(record.headers)
-    assert headers["trace_id"] == b"trace-123" and headers["schema_version"] == b"1"
+    assert headers["trace_id"] == b"trace-123" and headers["schema_version"] == b"2"
     flag = FlagEvent.model_validate_json(record.value)
     assert flag.video_id == "vid-1" and flag.tenant == "acme" and flag.source_event_id == event["event_id"]
     assert flag.event_id == flag_event_id("acme", "vid-1")
@@ -585,7 +585,9 @@ def test_the_worker_stores_decisions_in_postgresql(
 ) -> None:
     s = _settings(kafka, topics, tmp_path, media_root, database_url=postgres.url)
     with DecisionStore(s.database_url).engine.begin() as conn:  # the cluster is shared by the session
-        conn.exec_driver_sql("TRUNCATE decisions, frame_hashes, shadow_results RESTART IDENTITY")
+        conn.exec_driver_sql(
+            "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions RESTART IDENTITY"
+        )
     with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, upload_event("pg-1", file_uri(media_root / "a.mp4")))
         read_topic(kafka.bootstrap, topics.flags, 1)

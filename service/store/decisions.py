@@ -2,7 +2,10 @@
 
 Writes are insert-or-return-existing on (tenant, video_id): whichever worker stores first wins, and every
 other attempt (a redelivery, a second worker after a rebalance) gets the stored decision back and re-emits its
-flag event verbatim. Thread-safe: one engine, a session per call.
+flag event verbatim. Only `dfguard rescore` changes a stored decision, as its next revision
+(`revisions.py`): the row then holds the latest revision, which is what every read here returns. Flag events
+are stored as the bytes emitted, in the schema version configured when stored (`NewDecision.schema_version`).
+Thread-safe: one engine, a session per call.
 
 The schema comes from Alembic migrations (`migrate.py`), brought to head (or, with `migrate=False`, checked)
 before the first query. A `lazy` store touches the database only when first used, so a process can start while
@@ -27,10 +30,17 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.events import FlagEvent
+from service.events import (
+    FlagEvent,
+    FlagsSchemaVersion,
+    encode_flag_event,
+    parse_flag_event,
+    schema_version_of,
+)
 from service.fingerprint import match_fraction, to_signed, to_unsigned
 from service.schemas import DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
 from service.store import migrate as migrations
+from service.store import revisions
 from service.store.tables import DecisionRow, FrameHashRow, ShadowRow
 
 if TYPE_CHECKING:  # the value type only: the store does not load the scoring core
@@ -51,6 +61,7 @@ class NewDecision:
     flag: FlagEvent
     frame_hashes: Sequence[int] = ()
     source_uri: str | None = None  # the upload event's URI (worker decisions), for re-scoring
+    schema_version: FlagsSchemaVersion = 2  # of the flag event stored, hence of every re-emission of it
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class StoredDecision:
     tenant: str
     record: DecisionRecord
     flag_event_json: bytes  # exactly what was (or will be) produced to the flags topic
+    schema_version: int = 2  # of `flag_event_json`: the Kafka header must name what the bytes are
+    revision: int = 1  # the latest revision (the row always holds it)
 
 
 def brief_error(exc: BaseException) -> str:
@@ -120,7 +133,7 @@ def engine_for(url: str) -> Engine:
 
 
 def _stored(row: DecisionRow) -> StoredDecision:
-    flag = FlagEvent.model_validate_json(row.flag_event)
+    flag = parse_flag_event(row.flag_event)  # v1 or v2, whichever was configured when it was stored
     record = DecisionRecord(
         video_id=row.video_id,
         decision=flag.decision,
@@ -140,7 +153,14 @@ def _stored(row: DecisionRow) -> StoredDecision:
         timings_ms=dict(row.timings_ms),
         decided_at=flag.decided_at,
     )
-    return StoredDecision(row.id, row.tenant, record, row.flag_event.encode())
+    return StoredDecision(
+        row.id,
+        row.tenant,
+        record,
+        row.flag_event.encode(),
+        schema_version=schema_version_of(row.flag_event),
+        revision=row.revision or 1,
+    )
 
 
 class DecisionStore:
@@ -149,7 +169,8 @@ class DecisionStore:
         self.migrate = migrate
         self._schema_ready = False
         self._schema_lock = threading.Lock()
-        # Near-duplicate index: flagged videos' hashes, read incrementally (rows only ever get added).
+        # Near-duplicate index: flagged videos' hashes, read incrementally (new rows by id: a re-decision
+        # flags anew with new rows, and lookups drop videos no longer flagged).
         self._flagged: dict[int, list[int]] = {}
         self._flagged_upto = 0
         self._lock = threading.Lock()
@@ -212,23 +233,31 @@ class DecisionStore:
             return _stored(row) if row else None
 
     def find_near_flagged(
-        self, hashes: Sequence[int], max_distance: int, min_fraction: float
+        self, hashes: Sequence[int], max_distance: int, min_fraction: float, *, exclude: int | None = None
     ) -> StoredDecision | None:
-        """The best-matching scored-and-flagged video whose frames `hashes` nearly duplicate, if any."""
+        """The best-matching scored-and-flagged video whose frames `hashes` nearly duplicate, if any.
+
+        The in-memory index only grows; a video re-decided away from `flag` (`dfguard rescore`) is dropped
+        from it here, when a lookup first meets it, after reading that its row is no longer a scored flag."""
         if not hashes:
             return None
         self.ensure_schema()
         index = self._refresh_flagged()
-        best, best_fraction = None, 0.0
+        matches = []
         for decision_id, candidate in index.items():
+            if decision_id == exclude:  # a re-score of a flagged video must not match its own frames
+                continue
             fraction = match_fraction(hashes, candidate, max_distance)
-            if fraction >= min_fraction and fraction > best_fraction:
-                best, best_fraction = decision_id, fraction
-        if best is None:
-            return None
-        with Session(self.engine) as s:
-            row = s.get(DecisionRow, best)
-            return _stored(row) if row else None
+            if fraction >= min_fraction:
+                matches.append((fraction, decision_id))
+        for _, decision_id in sorted(matches, key=lambda m: (-m[0], m[1])):
+            with Session(self.engine) as s:
+                row = s.get(DecisionRow, decision_id)
+                if row is not None and row.decision == "flag" and row.origin == "scored":
+                    return _stored(row)
+            with self._lock:
+                self._flagged.pop(decision_id, None)  # re-flagged later: its new hash rows come back
+        return None
 
     def _refresh_flagged(self) -> dict[int, list[int]]:
         with self._lock:
@@ -265,9 +294,10 @@ class DecisionStore:
             source_event_id=flag.source_event_id,
             flag_event_id=flag.event_id,
             timings_ms=flag.timings_ms.model_dump(),
-            flag_event=flag.model_dump_json(),
+            flag_event=encode_flag_event(flag, new.schema_version).decode(),
             decided_at=flag.decided_at,
             source_uri=new.source_uri,
+            revision=None,
         )
         flagged = flag.decision == "flag" and new.origin == "scored"
         try:
@@ -321,3 +351,32 @@ class DecisionStore:
                 insert(ShadowRow).values(**values).returning(ShadowRow.id)
             ).scalar_one()
         return row_id
+
+    # --- re-decisions (`dfguard rescore`; the rules are in service/store/revisions.py) --------------------
+
+    def candidates(self, selection: revisions.Selection) -> list[revisions.Candidate]:
+        """Stored decisions a re-score selects, oldest first."""
+        self.ensure_schema()
+        return revisions.candidates(self.engine, selection)
+
+    def revise(
+        self, decision_id: int, expected_revision: int, new: revisions.Redecision
+    ) -> list[revisions.Revised]:
+        """Store the next revision of a decision and of the exact reposts that reused it (one transaction);
+        their flag events are pending until `mark_emitted`."""
+        self.ensure_schema()
+        return revisions.revise(self.engine, decision_id, expected_revision, new)
+
+    def pending_emissions(self) -> list[revisions.PendingRevision]:
+        """Stored revisions whose flag events the broker has not acknowledged, oldest first."""
+        self.ensure_schema()
+        return revisions.pending(self.engine)
+
+    def mark_emitted(self, revision_ids: Sequence[int]) -> None:
+        self.ensure_schema()
+        revisions.mark_emitted(self.engine, revision_ids)
+
+    def revisions(self, tenant: str, video_id: str) -> list[FlagEvent]:
+        """A video's flag events, one per revision, oldest first."""
+        self.ensure_schema()
+        return revisions.revisions_of(self.engine, tenant, video_id)

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DecisionRow", "FrameHashRow", "ShadowRow"]
+__all__ = ["Base", "DecisionRevisionRow", "DecisionRow", "FrameHashRow", "ShadowRow"]
 
 
 class Base(DeclarativeBase):
@@ -62,6 +62,43 @@ class DecisionRow(Base):
     source_uri: Mapped[str | None] = mapped_column(
         String(4096), doc="Where the worker fetched the media (for `dfguard rescore`); null before 0003."
     )
+    revision: Mapped[int | None] = mapped_column(
+        Integer, doc="The revision this row holds (always the latest); null means 1 (never re-decided)."
+    )
+
+
+class DecisionRevisionRow(Base):
+    """Every revision of a re-decided video (`dfguard rescore`), its flag event as emitted, and the outbox.
+
+    Written only when a decision is first re-decided, then revision 1 is copied in too, so the history is
+    whole; the `decisions` row always holds the latest revision's values. `emitted_at` is null until the
+    revision's flag event was acknowledged by the broker (revision 1: the worker emitted it, when stored).
+    """
+
+    __tablename__ = "decision_revisions"
+    __table_args__ = (
+        UniqueConstraint("decision_id", "revision", name="uq_decision_revisions_decision_revision"),
+        Index("ix_decision_revisions_emitted_at", "emitted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("decisions.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    flag_event_id: Mapped[str] = mapped_column(String(64))
+    supersedes: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    origin: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    review_threshold: Mapped[float] = mapped_column(Float)
+    flag_threshold: Mapped[float] = mapped_column(Float)
+    thresholds_source: Mapped[str | None] = mapped_column(String(16))
+    aggregation: Mapped[str] = mapped_column(String(32))
+    flag_event: Mapped[str] = mapped_column(Text, doc="The revision's flag event JSON, emitted verbatim.")
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    emitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class FrameHashRow(Base):

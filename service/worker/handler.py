@@ -27,7 +27,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +46,15 @@ from service.errors import (
     StoreUnavailable,
     classify,
 )
-from service.events import FlagEvent, FlagFace, FlagFrame, FlagTimings, UploadEvent
+from service.events import (
+    FlagEvent,
+    FlagFace,
+    FlagFrame,
+    FlagTimings,
+    UploadEvent,
+    flag_event_id,
+    parse_flag_event,
+)
 from service.fingerprint import frame_hashes
 from service.media import PendingMedia
 from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
@@ -59,10 +66,9 @@ from service.store import DecisionStore, NewDecision, StoredDecision
 from service.worker.dependencies import LazyStore, inference_probe, object_store_probe, store_probe
 from service.worker.health import Health
 
-__all__ = ["Emission", "EventHandler", "flag_event_id"]
+__all__ = ["Emission", "EventHandler", "flag_event_id", "top_frames"]
 
 log = logging.getLogger(__name__)
-_NAMESPACE = uuid.UUID("6c1f3e0e-5d0a-4f43-9a51-6466677561a1")
 _TOP_FRAMES = 3
 
 
@@ -76,15 +82,12 @@ class Emission:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     decision: str | None = None  # flag emissions
     reason: str | None = None  # dlq emissions: the error code
+    schema_version: int | None = None  # flag emissions: of `value` (what was stored, v1 or v2)
     uploaded_at: datetime | None = None
 
 
-def flag_event_id(tenant: str, video_id: str) -> str:
-    """Stable per video: every emission of a video's decision carries the same id."""
-    return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{video_id}"))
-
-
-def _top_frames(result: ScoreResult) -> list[FlagFrame]:
+def top_frames(result: ScoreResult) -> list[FlagFrame]:
+    """The frames a flag event reports: those with faces, highest face score first (worker and rescore)."""
     frames = [f for f in result.frames if f.faces]
     ranked = sorted(frames, key=lambda f: max(face.score for face in f.faces), reverse=True)[:_TOP_FRAMES]
     return [
@@ -162,6 +165,7 @@ class EventHandler:
                     key,
                     decision=stored.record.decision,
                     uploaded_at=upload.uploaded_at,
+                    schema_version=stored.schema_version,
                 )
             except InterruptedError:
                 raise
@@ -318,7 +322,7 @@ class EventHandler:
         timings = FlagTimings(
             fetch=fetch_ms, decode=t.decode, detect=t.detect, classify=t.classify, total=_ms(t0)
         )
-        flag = self._flag(upload, result.decision, result.score, result.reasons, _top_frames(result), timings)
+        flag = self._flag(upload, result.decision, result.score, result.reasons, top_frames(result), timings)
         new = NewDecision(
             tenant=upload.tenant,
             origin="scored",
@@ -328,6 +332,7 @@ class EventHandler:
             flag=flag,
             frame_hashes=hashes,
             source_uri=upload.uri,
+            schema_version=self.settings.flags_schema_version,
         )
         return new, cut
 
@@ -341,7 +346,7 @@ class EventHandler:
         fetch_ms: float,
         t0: float,
     ) -> NewDecision:
-        source = FlagEvent.model_validate_json(original.flag_event_json)
+        source = parse_flag_event(original.flag_event_json)  # its latest revision
         flag = self._flag(
             upload,
             original.record.decision,
@@ -359,6 +364,7 @@ class EventHandler:
             sha256=sha256,
             flag=flag,
             source_uri=upload.uri,
+            schema_version=self.settings.flags_schema_version,
         )
 
     def _media_error(
@@ -373,6 +379,7 @@ class EventHandler:
             sha256=sha256,
             flag=flag,
             source_uri=upload.uri,
+            schema_version=self.settings.flags_schema_version,
         )
 
     def _flag(

@@ -42,7 +42,6 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from service.config import Settings
 from service.errors import classify
-from service.events import SCHEMA_VERSION
 from service.metrics import (
     CONSUMER_LAG,
     EVENT_LATENCY,
@@ -355,7 +354,8 @@ class Worker:
         key = outcome.key
         if outcome.kind == "flag":
             topic = s.kafka_flags_topic
-            headers = [("schema_version", str(SCHEMA_VERSION).encode()), ("trace_id", trace)]
+            version = outcome.schema_version or self.s.flags_schema_version
+            headers = [("schema_version", str(version).encode()), ("trace_id", trace)]
         else:  # the original key, value and headers: `dfguard dlq replay` re-publishes the record as it was
             topic, key = s.kafka_dlq_topic, record.key
             headers = [

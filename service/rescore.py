@@ -1,0 +1,338 @@
+"""`dfguard rescore`: re-decide stored worker decisions with the current models and thresholds.
+
+Each selected decision's medium is fetched again from the URI its upload named (`decisions.source_uri`, with
+the worker's fetch policy), decoded and decided as the worker would decide it now: a near-duplicate of a
+flagged clip (not itself) is flagged, anything else is scored. When the decision (allow / review / flag)
+differs from the stored one, the store records the next revision of it, and of the exact reposts that
+reused its verdict, in one transaction (`service/store/revisions.py`), and their flag events (schema v2,
+`revision` and `supersedes` set) are produced keyed by video_id with the worker's headers, acks=all. A
+revision is marked emitted only once the broker acknowledged it.
+
+Restartable: a run first produces the revisions an interrupted run stored but did not get acknowledged
+(a crash in between produces one revision's bytes twice at most, never a second revision); decisions already
+decided by the current models, thresholds and aggregation are skipped, so revised ones are not redone.
+Unchanged decisions are re-scored again by a rerun (nothing records them).
+
+Not re-decided: decisions without a source URI (stored before it was kept; reported), media that cannot be
+fetched or analysed now (reported with the error code; the stored decision stands: a transient decode
+failure must not overturn a verdict), exact reposts (they follow the video whose verdict they reused).
+Dependency failures (backend, store, broker) stop the run; rerun it when they are back.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, Field
+
+from service.config import Settings
+from service.errors import Fault, ModerationError, classify
+from service.events import FlagTimings
+from service.fingerprint import frame_hashes
+from service.media import PendingMedia
+from service.pipeline import Pipeline
+from service.schemas import Decision, ModelRef, UsedThresholds
+from service.sources import FetchPolicy, fetch_to_file_sync
+from service.store import DecisionStore
+from service.store.revisions import Candidate, Redecision, Revised, Selection, StaleRevision
+from service.worker.handler import top_frames
+
+__all__ = ["RescoreRefused", "RescoreReport", "Rescorer", "check_settings", "parse_model", "parse_when"]
+
+log = logging.getLogger(__name__)
+_LISTED = 1000  # items listed by name in a report (the counts are always complete)
+_T = TypeVar("_T")
+
+
+class RescoreRefused(ValueError):
+    """The run cannot start as configured (e.g. flag events in schema version 1, which has no revisions)."""
+
+
+class VideoRef(BaseModel):
+    tenant: str
+    video_id: str
+
+
+class Problem(VideoRef):
+    code: str
+    message: str
+
+
+class Change(VideoRef):
+    """A new revision (emitted unless a dry run, where `revision` and `event_id` are what it would be)."""
+
+    before: Decision
+    after: Decision
+    revision: int
+    event_id: str | None = None
+    supersedes: str | None = None
+    repost_of: str | None = Field(None, description="The video whose re-decision this exact repost follows.")
+
+
+class RescoreReport(BaseModel):
+    dry_run: bool
+    model: ModelRef
+    thresholds: UsedThresholds
+    aggregation: str
+    resumed: int = Field(0, description="Revisions an interrupted run stored, produced first.")
+    selected: int = 0
+    current: int = Field(0, description="Already decided by these models and thresholds: skipped.")
+    follows_original: int = Field(0, description="Exact reposts: revised with the video they reused.")
+    skipped_no_uri: int = 0
+    missing_media: int = Field(0, description="Media not fetched or analysed now; the decision stands.")
+    failed: int = 0
+    rescored: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    emitted: int = Field(0, description="Flag events produced and acknowledged (reposts' and resumed too).")
+    changes: list[Change] = Field(default_factory=list)
+    no_uri: list[VideoRef] = Field(default_factory=list)
+    missing: list[Problem] = Field(default_factory=list)
+    failures: list[Problem] = Field(default_factory=list)
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise `RescoreRefused` where a re-score cannot run as configured."""
+    if settings.flags_schema_version == 1:
+        raise RescoreRefused(
+            "DFG_FLAGS_SCHEMA_VERSION=1: flag events of schema version 1 cannot carry revisions; "
+            "re-scoring needs version 2 (see docs/worker.md)"
+        )
+
+
+def parse_when(text: str | None) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time; UTC when it names no zone."""
+    if text is None:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def parse_model(text: str | None) -> tuple[str | None, str | None]:
+    """`NAME[:VERSION]` -> (name, version)."""
+    if not text:
+        return None, None
+    name, _, version = text.partition(":")
+    return name, version or None
+
+
+def _listed(items: list[_T], item: _T) -> None:
+    if len(items) < _LISTED:
+        items.append(item)
+
+
+class Rescorer:
+    """One `dfguard rescore` run over one store, pipeline and (unless a dry run) producer."""
+
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, store: DecisionStore, *, dry_run: bool
+    ) -> None:
+        check_settings(settings)
+        self.s = settings
+        self.pipeline = pipeline
+        self.store = store
+        self.dry_run = dry_run
+        self.policy = FetchPolicy.from_settings(settings)
+        self.thresholds = pipeline.used_thresholds
+        self.report = RescoreReport(
+            dry_run=dry_run,
+            model=pipeline.model_ref,
+            thresholds=self.thresholds,
+            aggregation=pipeline.policy.aggregation,
+        )
+        self._producer = None
+        if not dry_run:
+            from service.worker.runner import durable_producer  # Kafka only where something is produced
+
+            self._producer = durable_producer(settings, "rescore")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+
+    def run(self, selection: Selection) -> RescoreReport:
+        """Produce what an interrupted run left, then re-decide every selected decision."""
+        if not self.dry_run:
+            pending = self.store.pending_emissions()
+            if pending:
+                log.info("rescore: producing %d revisions an earlier run left", len(pending))
+                self._emit((p.id, p.video_id, p.value) for p in pending)
+                self.report.resumed = len(pending)
+        scratch = tempfile.mkdtemp(prefix="dfguard-rescore-")
+        try:
+            for candidate in self.store.candidates(selection):
+                self._one(candidate, Path(scratch))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return self.report
+
+    def _is_current(self, c: Candidate) -> bool:
+        return (
+            c.model == self.pipeline.model_ref
+            and (c.thresholds.review, c.thresholds.flag) == (self.thresholds.review, self.thresholds.flag)
+            and c.aggregation == self.pipeline.policy.aggregation
+        )
+
+    def _one(self, c: Candidate, scratch: Path) -> None:
+        r = self.report
+        r.selected += 1
+        ref = VideoRef(tenant=c.tenant, video_id=c.video_id)
+        if c.origin == "duplicate":
+            r.follows_original += 1
+            return
+        if self._is_current(c):
+            r.current += 1
+            return
+        if c.source_uri is None:
+            r.skipped_no_uri += 1
+            _listed(r.no_uri, ref)
+            return
+        try:
+            new = self._redecide(c, scratch / f"{c.id}.media")
+        except ModerationError as exc:
+            failure = classify(exc)
+            problem = Problem(tenant=c.tenant, video_id=c.video_id, code=failure.code, message=exc.message)
+            if failure.fault is Fault.EVENT:  # the medium's own: gone, refused, undecodable
+                r.missing_media += 1
+                _listed(r.missing, problem)
+                log.warning("rescore: %s/%s: %s", c.tenant, c.video_id, failure.code)
+                return
+            if failure.fault is Fault.TRANSIENT:
+                r.failed += 1
+                _listed(r.failures, problem)
+                return
+            raise  # a dependency is down or a bug: stop (a rerun resumes)
+        r.rescored += 1
+        if new.decision == c.decision:
+            r.unchanged += 1
+            return
+        r.changed += 1
+        if self.dry_run:
+            change = Change(
+                tenant=c.tenant,
+                video_id=c.video_id,
+                before=c.decision,
+                after=new.decision,
+                revision=c.revision + 1,
+            )
+            _listed(r.changes, change)
+            return
+        try:
+            revised = self.store.revise(c.id, c.revision, new)
+        except StaleRevision as exc:  # another run revised it meanwhile: its revision stands
+            r.failed += 1
+            problem = Problem(tenant=c.tenant, video_id=c.video_id, code="stale_revision", message=str(exc))
+            _listed(r.failures, problem)
+            return
+        self._report_changes(c, revised)
+        self._emit((v.id, v.video_id, v.value) for v in revised)
+
+    def _report_changes(self, c: Candidate, revised: list[Revised]) -> None:
+        for i, v in enumerate(revised):
+            change = Change(
+                tenant=v.tenant,
+                video_id=v.video_id,
+                before=c.decision,  # a repost carried its original's verdict
+                after=v.event.decision,
+                revision=v.event.revision,
+                event_id=v.event.event_id,
+                supersedes=v.event.supersedes,
+                repost_of=c.video_id if i else None,
+            )
+            _listed(self.report.changes, change)
+            log.info(
+                "rescore: %s/%s revision %d: %s -> %s",
+                v.tenant,
+                v.video_id,
+                v.event.revision,
+                c.decision,
+                v.event.decision,
+            )
+
+    def _redecide(self, c: Candidate, dest: Path) -> Redecision:
+        """Fetch, decode and decide `c`'s medium as the worker would now. Raises `ModerationError`."""
+        assert c.source_uri is not None
+        t0 = time.perf_counter()
+        try:
+            fetched = fetch_to_file_sync(c.source_uri, dest, self.policy, tenant=c.tenant)
+            fetch_ms = _ms(t0)
+            t1 = time.perf_counter()
+            pending = PendingMedia(fetched.path, self.s)
+            try:
+                media = pending.result()
+                hashes = frame_hashes(media.frames, self.s.near_duplicate_frames)
+                near = self.store.find_near_flagged(
+                    hashes,
+                    self.s.near_duplicate_max_distance,
+                    self.s.near_duplicate_min_fraction,
+                    exclude=c.id,
+                )
+                if near is not None:
+                    same = near.tenant == c.tenant
+                    mark = (
+                        f"near_duplicate_of_flagged:{near.record.video_id}"
+                        if same
+                        else "near_duplicate_of_flagged"
+                    )
+                    return Redecision(
+                        decision=near.record.decision,
+                        score=near.record.score,
+                        reasons=[mark],
+                        origin="near_duplicate",
+                        model=near.record.model,
+                        thresholds=near.record.thresholds,
+                        aggregation=near.record.aggregation,
+                        top_frames=[],
+                        timings=FlagTimings(fetch=fetch_ms, total=_ms(t0)),
+                        frame_hashes=[],  # the worker keeps hashes of scored media only
+                    )
+                result = self.pipeline.score_media(media, fetched.sha256, t1)
+            finally:
+                pending.close()
+        finally:
+            dest.unlink(missing_ok=True)
+        t = result.timings_ms
+        return Redecision(
+            decision=result.decision,
+            score=result.score,
+            reasons=list(result.reasons),
+            origin="scored",
+            model=self.pipeline.model_ref,
+            thresholds=self.thresholds,
+            aggregation=self.pipeline.policy.aggregation,
+            top_frames=top_frames(result),
+            timings=FlagTimings(
+                fetch=fetch_ms, decode=t.decode, detect=t.detect, classify=t.classify, total=_ms(t0)
+            ),
+            frame_hashes=hashes,
+        )
+
+    def _emit(self, events: Iterable[tuple[int, str, bytes]]) -> None:
+        """Produce flag events and wait for the broker's acknowledgement, then mark them emitted.
+
+        Raises a `KafkaError` if the broker does not acknowledge: the revisions stay pending for a rerun."""
+        assert self._producer is not None
+        sent = []
+        for revision_id, video_id, value in events:
+            headers = [("schema_version", b"2"), ("trace_id", uuid.uuid4().hex.encode())]
+            future = self._producer.send(
+                self.s.kafka_flags_topic, key=video_id.encode(), value=value, headers=headers
+            )
+            sent.append((revision_id, future))
+        self._producer.flush(timeout=self.s.kafka_request_timeout_ms / 1000 * 2)
+        for _, future in sent:
+            future.get(timeout=self.s.kafka_request_timeout_ms / 1000 * 2)
+        self.store.mark_emitted([revision_id for revision_id, _ in sent])
+        self.report.emitted += len(sent)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)

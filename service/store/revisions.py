@@ -1,0 +1,396 @@
+"""Re-decisions of stored decisions (`dfguard rescore`): revisions, their history, and the outbox of events.
+
+A video's `decisions` row always holds its latest revision, so everything that reads a decision (a
+redelivered upload, `GET /v1/decisions/...`, exact-repost reuse, the near-duplicate index) follows a
+re-decision without knowing about revisions. `decision_revisions` keeps every revision of a re-decided video
+(revision 1 is copied in at the first re-decision) and is the outbox: a revision's flag event is stored in
+the same transaction as the decision it carries, with `emitted_at` null until the broker acknowledged it, so
+a crash between the two leaves the event to produce (`pending`), never a decision nobody heard of.
+
+One `revise` is one transaction: the video's new revision, the exact reposts that reused its verdict
+(`duplicate_of:<video_id>` in its tenant, `duplicate` in others, same sha256) as their own new revisions,
+and its frame hashes' `flagged` mark (newly flagged hashes as new rows, so the incremental near-duplicate
+index of every process sees them; lookups drop candidates that are no longer flagged).
+A concurrent re-decision of the same video loses on the `(decision_id, revision)` unique key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.events import (
+    FlagEvent,
+    FlagFrame,
+    FlagTimings,
+    encode_flag_event,
+    flag_event_id,
+    parse_flag_event,
+)
+from service.fingerprint import to_signed
+from service.schemas import Decision, DecisionOrigin, ModelRef, UsedThresholds
+from service.store.tables import DecisionRevisionRow, DecisionRow, FrameHashRow
+
+__all__ = [
+    "Candidate",
+    "PendingRevision",
+    "Redecision",
+    "Revised",
+    "Selection",
+    "StaleRevision",
+    "candidates",
+    "mark_emitted",
+    "pending",
+    "revise",
+    "revisions_of",
+]
+
+
+class StaleRevision(RuntimeError):
+    """The decision moved on (another re-score revised it) since it was read: re-read and decide again."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored decisions to re-decide; empty fields select everything."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    decisions: frozenset[Decision] = frozenset()
+    model_name: str | None = None
+    model_version: str | None = None
+    tenant: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored decision as `dfguard rescore` needs it."""
+
+    id: int
+    tenant: str
+    video_id: str
+    revision: int
+    decision: Decision
+    origin: DecisionOrigin
+    model: ModelRef
+    thresholds: UsedThresholds
+    aggregation: str
+    sha256: str | None
+    source_uri: str | None
+
+
+@dataclass(frozen=True)
+class Redecision:
+    """What a re-decision found (the video's own new values; ids, revision and times are the store's)."""
+
+    decision: Decision
+    score: float | None
+    reasons: list[str]
+    origin: DecisionOrigin
+    model: ModelRef
+    thresholds: UsedThresholds
+    aggregation: str
+    top_frames: list[FlagFrame]
+    timings: FlagTimings
+    frame_hashes: Sequence[int] | None = None  # None: keep the stored hashes (only their mark follows)
+
+
+@dataclass(frozen=True)
+class Revised:
+    """A revision `revise` stored (its event not produced yet)."""
+
+    id: int  # of the decision_revisions row
+    decision_id: int
+    tenant: str
+    video_id: str
+    event: FlagEvent
+    value: bytes
+
+
+@dataclass(frozen=True)
+class PendingRevision:
+    """A stored revision whose flag event the broker has not acknowledged yet."""
+
+    id: int
+    tenant: str
+    video_id: str
+    revision: int
+    value: bytes
+
+
+def candidates(engine: Engine, sel: Selection) -> list[Candidate]:
+    """Stored decisions matching `sel`, oldest first."""
+    q = select(DecisionRow).order_by(DecisionRow.id)
+    if sel.since is not None:
+        q = q.where(DecisionRow.decided_at >= sel.since)
+    if sel.until is not None:
+        q = q.where(DecisionRow.decided_at < sel.until)
+    if sel.decisions:
+        q = q.where(DecisionRow.decision.in_(sorted(sel.decisions)))
+    if sel.model_name is not None:
+        q = q.where(DecisionRow.model_name == sel.model_name)
+    if sel.model_version is not None:
+        q = q.where(DecisionRow.model_version == sel.model_version)
+    if sel.tenant is not None:
+        q = q.where(DecisionRow.tenant == sel.tenant)
+    if sel.limit is not None:
+        q = q.limit(sel.limit)
+    with engine.connect() as conn:
+        rows = conn.execute(q).mappings().all()
+    return [
+        Candidate(
+            id=r["id"],
+            tenant=r["tenant"],
+            video_id=r["video_id"],
+            revision=r["revision"] or 1,
+            decision=r["decision"],
+            origin=r["origin"],
+            model=ModelRef(name=r["model_name"], version=r["model_version"]),
+            thresholds=UsedThresholds(
+                review=r["review_threshold"], flag=r["flag_threshold"], source=r["thresholds_source"]
+            ),
+            aggregation=r["aggregation"],
+            sha256=r["sha256"],
+            source_uri=r["source_uri"],
+        )
+        for r in rows
+    ]
+
+
+def revise(engine: Engine, decision_id: int, expected_revision: int, new: Redecision) -> list[Revised]:
+    """Store the next revision of decision `decision_id` and of the exact reposts that reused its verdict,
+    in one transaction; returns them, the video's own first.
+
+    Raises:
+        StaleRevision: the decision is no longer at `expected_revision`, or another re-score stored the
+            same revision first.
+    """
+    try:
+        return _revise(engine, decision_id, expected_revision, new)
+    except IntegrityError as exc:  # the (decision_id, revision) key: a concurrent run stored it first
+        raise StaleRevision(
+            f"decision {decision_id}: revision {expected_revision + 1} exists already"
+        ) from exc
+
+
+def _revise(engine: Engine, decision_id: int, expected_revision: int, new: Redecision) -> list[Revised]:
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        row = s.scalars(
+            select(DecisionRow).where(DecisionRow.id == decision_id).with_for_update()
+        ).one_or_none()
+        if row is None or (row.revision or 1) != expected_revision:
+            raise StaleRevision(f"decision {decision_id} is no longer at revision {expected_revision}")
+        was_flagged = row.decision == "flag" and row.origin == "scored"
+        reposts = _reposts(s, row) if row.sha256 is not None else []
+        out = [_next_revision(s, row, new, now)]
+        flagged = new.decision == "flag" and new.origin == "scored"
+        _mark_hashes(s, decision_id, flagged, was_flagged, new.frame_hashes)
+        if reposts:
+            for repost in reposts:
+                mark = repost.reasons[0]
+                follows = Redecision(
+                    decision=new.decision,
+                    score=new.score,
+                    reasons=[mark, *new.reasons],
+                    origin="duplicate",
+                    model=new.model,
+                    thresholds=new.thresholds,
+                    aggregation=new.aggregation,
+                    top_frames=new.top_frames,
+                    timings=FlagTimings.model_validate(repost.timings_ms),  # no work was redone for it
+                )
+                out.append(_next_revision(s, repost, follows, now))
+    return out
+
+
+def _reposts(s: Session, original: DecisionRow) -> list[DecisionRow]:
+    """Exact reposts that reused `original`'s verdict (how the worker marks them: `duplicate_of:<video_id>`
+    in its tenant, `duplicate` in others)."""
+    rows = s.scalars(
+        select(DecisionRow)
+        .where(
+            DecisionRow.sha256 == original.sha256,
+            DecisionRow.origin == "duplicate",
+            DecisionRow.id != original.id,
+        )
+        .order_by(DecisionRow.id)
+        .with_for_update()
+    ).all()
+    own_mark = f"duplicate_of:{original.video_id}"
+    return [
+        r
+        for r in rows
+        if r.reasons
+        and (r.reasons[0] == own_mark if r.tenant == original.tenant else r.reasons[0] == "duplicate")
+    ]
+
+
+def _next_revision(s: Session, row: DecisionRow, new: Redecision, now: datetime) -> Revised:
+    """Insert `row`'s next revision (and its revision 1, at the first re-decision) and make it the row's."""
+    current = row.revision or 1
+    if current == 1:
+        _copy_first(s, row)
+    revision = current + 1
+    event_row_id = row.id
+    event = FlagEvent(
+        event_id=flag_event_id(row.tenant, row.video_id, revision),
+        video_id=row.video_id,
+        tenant=row.tenant,
+        decision=new.decision,
+        score=new.score,
+        reasons=new.reasons,
+        model=new.model,
+        top_frames=new.top_frames,
+        timings_ms=new.timings,
+        decided_at=now,
+        source_event_id=row.source_event_id,
+        revision=revision,
+        supersedes=row.flag_event_id,
+    )
+    value = encode_flag_event(event, 2)  # revisions exist only in v2
+    values = dict(
+        decision=new.decision,
+        score=new.score,
+        reasons=list(new.reasons),
+        origin=new.origin,
+        model_name=new.model.name,
+        model_version=new.model.version,
+        review_threshold=new.thresholds.review,
+        flag_threshold=new.thresholds.flag,
+        thresholds_source=new.thresholds.source,
+        aggregation=new.aggregation,
+        flag_event=value.decode(),
+        decided_at=now,
+    )
+    revision_id: int = s.execute(
+        insert(DecisionRevisionRow)
+        .values(
+            decision_id=event_row_id,
+            revision=revision,
+            flag_event_id=event.event_id,
+            supersedes=event.supersedes,
+            emitted_at=None,
+            **values,
+        )
+        .returning(DecisionRevisionRow.id)
+    ).scalar_one()
+    s.execute(
+        update(DecisionRow)
+        .where(DecisionRow.id == event_row_id)
+        .values(
+            revision=revision,
+            flag_event_id=event.event_id,
+            timings_ms=new.timings.model_dump(),
+            **values,
+        )
+    )
+    return Revised(revision_id, event_row_id, event.tenant, event.video_id, event, value)
+
+
+def _copy_first(s: Session, row: DecisionRow) -> None:
+    """Revision 1 into the history, as the worker stored (and emitted) it."""
+    s.execute(
+        insert(DecisionRevisionRow).values(
+            decision_id=row.id,
+            revision=1,
+            flag_event_id=row.flag_event_id,
+            supersedes=None,
+            decision=row.decision,
+            score=row.score,
+            reasons=list(row.reasons),
+            origin=row.origin,
+            model_name=row.model_name,
+            model_version=row.model_version,
+            review_threshold=row.review_threshold,
+            flag_threshold=row.flag_threshold,
+            thresholds_source=row.thresholds_source,
+            aggregation=row.aggregation,
+            flag_event=row.flag_event,
+            decided_at=row.decided_at,
+            emitted_at=row.decided_at,  # the worker produced it once stored; not tracked more closely
+        )
+    )
+
+
+def _mark_hashes(
+    s: Session, decision_id: int, flagged: bool, was_flagged: bool, replace: Sequence[int] | None
+) -> None:
+    """Make the decision's frame hashes carry its new `flagged` mark (or replace them).
+
+    The near-duplicate index of every process reads flagged rows by increasing id, so newly flagged hashes
+    must be rows with ids above any it has seen: they are inserted anew *before* the old rows are deleted
+    (SQLite reuses the highest rowid once it is deleted; inserting first keeps ids increasing). Unflagging
+    updates in place: lookups drop a video whose row is no longer a scored flag."""
+    if replace is None and flagged == was_flagged:
+        return
+    where = FrameHashRow.decision_id == decision_id
+    if replace is None and not flagged:
+        s.execute(update(FrameHashRow).where(where).values(flagged=False))
+        return
+    old = s.execute(select(FrameHashRow.id, FrameHashRow.hash).where(where).order_by(FrameHashRow.id)).all()
+    hashes = [int(h) for _, h in old] if replace is None else [to_signed(h) for h in replace]
+    if hashes:
+        s.execute(
+            insert(FrameHashRow),
+            [{"decision_id": decision_id, "flagged": flagged, "hash": h} for h in hashes],
+        )
+    if old:
+        s.execute(delete(FrameHashRow).where(FrameHashRow.id.in_([i for i, _ in old])))
+
+
+def pending(engine: Engine) -> list[PendingRevision]:
+    """Revisions whose flag event is not acknowledged yet, in the order they were stored."""
+    q = (
+        select(
+            DecisionRevisionRow.id,
+            DecisionRow.tenant,
+            DecisionRow.video_id,
+            DecisionRevisionRow.revision,
+            DecisionRevisionRow.flag_event,
+        )
+        .join(DecisionRow, DecisionRow.id == DecisionRevisionRow.decision_id)
+        .where(DecisionRevisionRow.emitted_at.is_(None))
+        .order_by(DecisionRevisionRow.id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return [PendingRevision(i, t, v, n, text.encode()) for i, t, v, n, text in rows]
+
+
+def mark_emitted(engine: Engine, revision_ids: Sequence[int]) -> None:
+    """Record that the broker acknowledged these revisions' flag events."""
+    if not revision_ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(DecisionRevisionRow)
+            .where(DecisionRevisionRow.id.in_(list(revision_ids)), DecisionRevisionRow.emitted_at.is_(None))
+            .values(emitted_at=datetime.now(UTC))
+        )
+
+
+def revisions_of(engine: Engine, tenant: str, video_id: str) -> list[FlagEvent]:
+    """Every stored revision of a video's decision, oldest first (only revision 1 if never re-decided)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(DecisionRow.id, DecisionRow.flag_event).where(
+                DecisionRow.tenant == tenant, DecisionRow.video_id == video_id
+            )
+        ).one_or_none()
+        if row is None:
+            return []
+        history = conn.execute(
+            select(DecisionRevisionRow.flag_event)
+            .where(DecisionRevisionRow.decision_id == row.id)
+            .order_by(DecisionRevisionRow.revision)
+        ).scalars()
+        texts = list(history) or [row.flag_event]
+    return [parse_flag_event(t) for t in texts]

@@ -1,0 +1,289 @@
+"""`dfguard rescore` on a real Kafka broker and real media: revisions emitted, a crash mid-run, redelivery.
+
+Thresholds decide the flips deterministically: the first decisions are taken at review = flag = 0 (every
+scored face is `flag`), the re-score at review = flag = 1 (every scored face is `allow`); a clip without a
+face is `allow` either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from devtools import media_factory as mf
+from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tools import (
+    Producer,
+    Topics,
+    create_topics,
+    file_uri,
+    read_to_end,
+    read_topic,
+    running_worker,
+    upload_event,
+    worker_settings,
+)
+from devtools.records import new_decision
+from service.config import Settings
+from service.events import flag_event_id, parse_flag_event
+from service.pipeline import Pipeline
+from service.schemas import UsedThresholds
+from service.store import DecisionStore, NewDecision
+from service.worker import build_worker
+
+pytestmark = pytest.mark.kafka
+SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+_FLAG_ALL = {"review_threshold": 0.0, "flag_threshold": 0.0}
+_ALLOW_ALL = {"DFG_REVIEW_THRESHOLD": "1.0", "DFG_FLAG_THRESHOLD": "1.0"}
+
+
+@pytest.fixture(scope="module")
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rescore-media")
+    mf.make_face_clip(root / "a.mp4", seconds=2.0, width=640, height=360)
+    shutil.copyfile(root / "a.mp4", root / "a_copy.mp4")  # an exact repost
+    mf.make_face_clip(root / "a_reencoded.mp4", seconds=2.0, width=480, height=270, crf=34)  # a near one
+    mf.make_face_clip(root / "b.mp4", seconds=2.0, width=640, height=360, photo="grace_hopper")
+    mf.make_face_free_clip(root / "c.mp4", seconds=2.0, width=640, height=360)
+    return root
+
+
+def _pipeline(pipeline: Pipeline, s: Settings) -> Pipeline:
+    """The session's loaded models under `s`'s thresholds (no second model load)."""
+    return Pipeline(s, pipeline.detector, pipeline.backend, pipeline.ensemble)
+
+
+def _rescore(
+    kafka: KafkaBroker, topics: Topics, s: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`dfguard rescore --json ...` as an operator runs it: a process of its own, settings from the env."""
+    full = {
+        **os.environ,
+        **topics.env(),
+        "DFG_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "DFG_DATABASE_URL": s.database_url,
+        "DFG_FILE_URI_ROOT": str(s.file_uri_root),
+        **_ALLOW_ALL,
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "rescore", "--json", *args],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-4000:]
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return report
+
+
+def _revisions(topic_records: list[Any]) -> dict[str, list[Any]]:
+    by_video: defaultdict[str, list[Any]] = defaultdict(list)
+    for r in topic_records:
+        by_video[parse_flag_event(r.value).video_id].append(r)
+    return by_video
+
+
+def test_rescore_emits_revisions_that_reposts_redelivery_and_the_near_duplicate_index_follow(
+    kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root, **_FLAG_ALL)
+    store = DecisionStore(s.database_url)
+    legacy = new_decision("legacy", decision="flag", sha=None)  # stored before source URIs were kept
+    store.put(legacy)
+    events = {
+        v: upload_event(v, file_uri(media_root / name))
+        for v, name in [("a", "a.mp4"), ("copy", "a_copy.mp4"), ("b", "b.mp4"), ("c", "c.mp4")]
+    }
+    gone = mf.make_face_free_clip(media_root / "gone.mp4", seconds=1.0, width=320, height=180)
+    events["gone"] = upload_event("gone", file_uri(gone))
+    producer = Producer(kafka.bootstrap)
+    worker = build_worker(s, _pipeline(pipeline, s), store)
+    try:
+        with running_worker(worker):
+            producer.send(topics.uploads, events["a"])  # first: the others' exact repost reuses it
+            read_topic(kafka.bootstrap, topics.flags, 1)
+            for v in ("copy", "b", "c", "gone"):
+                producer.send(topics.uploads, events[v])
+            first = _revisions(read_topic(kafka.bootstrap, topics.flags, 5))
+            decided = {v: parse_flag_event(r[0].value).decision for v, r in first.items()}
+            assert decided == {
+                "a": "flag",
+                "copy": "flag",
+                "b": "flag",
+                "c": "allow",
+                "gone": decided["gone"],
+            }
+            stored_copy = store.get("acme", "copy")
+            assert stored_copy is not None and stored_copy.record.origin == "duplicate"
+            gone.unlink()  # the platform deleted it since
+
+            dry = _report(_rescore(kafka, topics, s, "--dry-run"))
+            assert (dry["changed"], dry["emitted"]) == (2, 0)
+            assert len(read_to_end(kafka.bootstrap, topics.flags)) == 5, "a dry run emits nothing"
+
+            report = _report(_rescore(kafka, topics, s))
+            # The worker still runs, its near-duplicate index holding "a" (flagged when it was loaded).
+            reupload = upload_event("a-reupload", file_uri(media_root / "a_reencoded.mp4"))
+            new_copy = upload_event("copy-2", file_uri(media_root / "a_copy.mp4"))
+            for e in (events["a"], reupload, new_copy):  # "a" again: a redelivery
+                producer.send(topics.uploads, e)
+            records = read_topic(kafka.bootstrap, topics.flags, 5 + 3 + 3)
+    finally:
+        producer.close()
+
+    assert {k: report[k] for k in ("selected", "rescored", "changed", "unchanged", "emitted")} == {
+        "selected": 6,
+        "rescored": 3,
+        "changed": 2,
+        "unchanged": 1,
+        "emitted": 3,
+    }
+    assert (report["follows_original"], report["skipped_no_uri"], report["missing_media"]) == (1, 1, 1)
+    assert report["no_uri"] == [{"tenant": "acme", "video_id": "legacy"}]
+    assert [(m["video_id"], m["code"]) for m in report["missing"]] == [("gone", "media_not_found")]
+
+    by_video = _revisions(records)
+    v2_schema = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "moderation.flags.v2.schema.json").read_text())
+    )
+    for video in ("a", "copy", "b"):
+        revision = by_video[video][1]
+        event = parse_flag_event(revision.value)
+        assert (event.revision, event.decision) == (2, "allow"), video
+        assert event.event_id == flag_event_id("acme", video, 2)
+        assert (
+            event.supersedes
+            == flag_event_id("acme", video)
+            == parse_flag_event(by_video[video][0].value).event_id
+        )
+        assert revision.key == video.encode() and dict(revision.headers)["schema_version"] == b"2"
+        v2_schema.validate(json.loads(revision.value))
+        stored = store.get("acme", video)
+        assert stored is not None and stored.flag_event_json == revision.value and stored.revision == 2
+        assert [e.revision for e in store.revisions("acme", video)] == [1, 2]
+    assert parse_flag_event(by_video["copy"][1].value).reasons[0] == "duplicate_of:a", "the repost followed"
+    assert [len(by_video[v]) for v in ("c", "gone")] == [1, 1], "unchanged and missing: nothing emitted"
+    assert store.pending_emissions() == []
+
+    redelivered = by_video["a"][2]
+    assert redelivered.value == by_video["a"][1].value, "a redelivery re-emits the latest revision verbatim"
+    assert dict(redelivered.headers)["schema_version"] == b"2"
+    repost = parse_flag_event(by_video["copy-2"][0].value)
+    assert (repost.decision, repost.reasons[0], repost.revision) == ("allow", "duplicate_of:a", 1)
+    near = store.get("acme", "a-reupload")
+    assert near is not None and near.record.origin == "scored", "no longer a near-duplicate of a flagged clip"
+    assert not any(r.startswith("near_duplicate") for r in near.record.reasons)
+
+
+def _stored_flag(store: DecisionStore, pipeline: Pipeline, video_id: str, clip: Path) -> None:
+    """A worker decision taken at review = flag = 0 (as `Settings` of that time would have stored it)."""
+    base = new_decision(video_id, decision="flag", sha=None)
+    flag = base.flag.model_copy(
+        update={"event_id": flag_event_id("acme", video_id), "model": pipeline.model_ref}
+    )
+    store.put(
+        NewDecision(
+            tenant="acme",
+            origin="scored",
+            thresholds=UsedThresholds(review=0.0, flag=0.0, source="settings"),
+            aggregation=pipeline.policy.aggregation,
+            sha256=None,
+            flag=flag,
+            source_uri=file_uri(clip),
+        )
+    )
+
+
+def test_a_rescore_killed_mid_run_and_rerun_leaves_exactly_one_revision_each(
+    kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root)
+    store = DecisionStore(s.database_url)
+    videos = [f"v{i}" for i in range(4)]
+    for i, v in enumerate(videos):
+        _stored_flag(store, pipeline, v, media_root / ("a.mp4" if i % 2 else "b.mp4"))
+
+    first = _rescore(kafka, topics, s)
+    deadline = time.monotonic() + 180
+    while not any(store.revisions("acme", v)[-1].revision == 2 for v in videos):
+        assert first.poll() is None, first.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "no revision within 180 s"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)  # right after the first revision's transaction
+    first.wait(30)
+    done_before = sum(store.revisions("acme", v)[-1].revision == 2 for v in videos)
+    assert done_before < len(videos), "killed mid-run"
+
+    report = _report(_rescore(kafka, topics, s))
+    assert report["current"] == done_before, "revised ones are not redone"
+    assert report["changed"] == len(videos) - done_before
+    assert report["emitted"] == report["resumed"] + report["changed"]
+
+    records = read_to_end(kafka.bootstrap, topics.flags)
+    assert store.pending_emissions() == []
+    for v in videos:
+        history = store.revisions("acme", v)
+        assert [(e.revision, e.decision) for e in history] == [(1, "flag"), (2, "allow")], v
+        emitted = [r.value for r in records if parse_flag_event(r.value).video_id == v]
+        assert emitted, f"{v}: revision 2 was never produced"
+        latest = store.get("acme", v)
+        assert latest is not None and set(emitted) == {latest.flag_event_json}, "one revision, maybe twice"
+
+
+def test_rescore_refuses_flag_events_of_schema_version_1(kafka: KafkaBroker, tmp_path: Path) -> None:
+    topics = Topics.fresh()
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, tmp_path)
+    proc = _rescore(kafka, topics, s, env={"DFG_FLAGS_SCHEMA_VERSION": "1"})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_request" and "DFG_FLAGS_SCHEMA_VERSION=1" in error["message"]
+
+
+def test_flag_events_schema_version_1_is_kept_for_consumers_that_need_it(
+    kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
+) -> None:
+    """v1 bytes validate against the closed v1 schema, and a redelivery under v2 re-emits them as stored,
+    with the header naming what the bytes are."""
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s1 = worker_settings(kafka.bootstrap, topics, tmp_path, media_root, flags_schema_version=1)
+    event = upload_event("old-consumer", file_uri(media_root / "c.mp4"))
+    producer = Producer(kafka.bootstrap)
+    try:
+        with running_worker(build_worker(s1, pipeline)):
+            producer.send(topics.uploads, event)
+            (v1,) = read_topic(kafka.bootstrap, topics.flags, 1)
+        s2 = s1.model_copy(update={"flags_schema_version": 2})
+        with running_worker(build_worker(s2, pipeline)):
+            producer.send(topics.uploads, event)
+            again = read_topic(kafka.bootstrap, topics.flags, 2)[1]
+    finally:
+        producer.close()
+    v1_schema = json.loads((SCHEMAS / "moderation.flags.v1.schema.json").read_text())
+    jsonschema.Draft202012Validator(v1_schema).validate(json.loads(v1.value))
+    assert json.loads(v1.value)["schema_version"] == 1 and "revision" not in json.loads(v1.value)
+    assert dict(v1.headers)["schema_version"] == b"1"
+    assert again.value == v1.value and dict(again.headers)["schema_version"] == b"1"
+    assert parse_flag_event(v1.value).revision == 1, "a v1 event reads as revision 1"
