@@ -27,7 +27,9 @@ from service.compose import build_pipeline
 from service.config import Settings
 
 
-def _drive(url: str, video: Path, clients: int, total: int) -> tuple[list[float], Counter[int], float]:
+def drive(url: str, video: Path, clients: int, total: int) -> tuple[list[float], Counter[int], float]:
+    """`clients` closed-loop clients upload `video` to `/v1/score` until `total` requests are answered:
+    the latencies of the 200s, the count of each status, and the wall time (shared with `bench.shadow`)."""
     data = video.read_bytes()
 
     def one(client: httpx.Client) -> tuple[int, float]:
@@ -70,8 +72,8 @@ def run(video: Path, clients: int, requests: int, overload_clients: int) -> dict
 
     server = ServerProcess({})
     try:
-        _drive(server.url, video, 2, 2)  # warm-up
-        lat, codes, wall = _drive(server.url, video, clients, requests)
+        drive(server.url, video, 2, 2)  # warm-up
+        lat, codes, wall = drive(server.url, video, clients, requests)
         ok = codes[200]
         steady = {
             "videos_per_s": round(ok / wall, 3),
@@ -90,9 +92,9 @@ def run(video: Path, clients: int, requests: int, overload_clients: int) -> dict
     limited = {"DFG_WORKERS": "2", "DFG_MAX_QUEUE": "4"}
     server = ServerProcess(limited)
     try:
-        _drive(server.url, video, 2, 2)
+        drive(server.url, video, 2, 2)
         rss_before = server.rss_mb() or 0.0
-        lat, codes, wall = _drive(server.url, video, overload_clients, overload_clients * 6)
+        lat, codes, wall = drive(server.url, video, overload_clients, overload_clients * 6)
         rss_after = server.rss_mb() or 0.0
         overload = {
             "clients": overload_clients,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,6 +19,21 @@ API_KEY_ENV = "DFGUARD_API_KEY"  # the client's key; not DFG_-prefixed, so never
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low` (argparse reports anything else, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}: {value}")
+        return value
+
+    return parse
 
 
 def _print_error(args: argparse.Namespace, code: str, message: str) -> None:
@@ -183,18 +199,19 @@ def _cmd_rescore(args: argparse.Namespace) -> int:
     configure()
     settings = Settings()
     name, version = parse_model(args.model)
-    selection = Selection(
-        since=parse_when(args.since),
-        until=parse_when(args.until),
-        decisions=frozenset(args.decision),
-        model_name=name,
-        model_version=version,
-        tenant=args.tenant,
-        limit=args.limit,
-    )
     try:
+        selection = Selection(
+            since=parse_when(args.since),
+            until=parse_when(args.until),
+            decisions=frozenset(args.decision),
+            model_name=name,
+            model_version=version,
+            tenant=args.tenant,
+            limit=args.limit,
+            after_id=args.after_id,
+        )
         check_settings(settings)  # before loading any model
-    except RescoreRefused as exc:
+    except ValueError as exc:  # a bad --since/--until, or RescoreRefused
         _print_error(args, "invalid_request", str(exc))
         return 2
     # lazy: a store that is down or behind is reported below, like every other failure of the run
@@ -218,23 +235,26 @@ def _cmd_rescore(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
+    status = 1 if report.failed else 0  # a Kubernetes Job retries; a rerun redoes only what is left
     if args.json:
         _print_json(report.model_dump(mode="json"))
-        return 0
+        return status
     r = report
     print(
         f"{'dry run: ' if r.dry_run else ''}{r.selected} selected, {r.rescored} rescored, "
         f"{r.changed} changed, {r.unchanged} unchanged, {r.current} current, {r.follows_original} reposts, "
-        f"{r.skipped_no_uri} without URI, {r.missing_media} missing media, {r.failed} failed; "
-        f"{r.emitted} events emitted ({r.resumed} resumed)"
+        f"{r.skipped_no_uri} without URI, {r.missing_media} missing media, {r.media_changed} media changed, "
+        f"{r.failed} failed; {r.emitted} events emitted ({r.resumed} resumed); "
+        f"{r.pending} revisions were pending in the outbox; "
+        f"last id {r.last_id if r.last_id is not None else '-'} (--after-id to continue)"
     )
     for c in r.changes:
         print(f"  {c.tenant}/{c.video_id}: {c.before} -> {c.after} (revision {c.revision})")
     for ref in r.no_uri:
         print(f"  {ref.tenant}/{ref.video_id}: no source URI, skipped")
-    for problem in [*r.missing, *r.failures]:
+    for problem in [*r.missing, *r.changed_media, *r.failures]:
         print(f"  {problem.tenant}/{problem.video_id}: {problem.code}: {problem.message}")
-    return 0
+    return status
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -372,8 +392,19 @@ def _cmd_models_diff(args: argparse.Namespace) -> int:
 
             if not args.labels:
                 raise md.DiffInputError("--folder needs --labels (a CSV of filename,label, or metadata.json)")
-            if args.since or args.until or args.tenant or args.source or args.database_url:
-                raise md.DiffInputError("--since, --until, --tenant, --source, --database-url read the store")
+            if (
+                args.since
+                or args.until
+                or args.tenant
+                or args.source
+                or args.database_url
+                or args.primary_model
+                or args.shadow_model
+            ):
+                raise md.DiffInputError(
+                    "--since, --until, --tenant, --source, --primary-model, --shadow-model, --database-url "
+                    "read the store"
+                )
             primary = [Path(p) for p in args.primary] or list(settings.model_paths) or [DEFAULT_ENSEMBLE]
             candidate = [Path(p) for p in args.candidate] or list(settings.shadow_model_paths)
             if not candidate:
@@ -385,19 +416,27 @@ def _cmd_models_diff(args: argparse.Namespace) -> int:
             if args.labels or args.primary or args.candidate:
                 raise md.DiffInputError("--labels, --primary and --candidate go with --folder")
             window = md.window_from(args.since, args.until)
+            primary_model = md.ModelFilter.parse(args.primary_model) if args.primary_model else None
+            shadow_model = md.ModelFilter.parse(args.shadow_model) if args.shadow_model else None
             url = args.database_url or settings.database_url
             try:
-                shown = make_url(url).render_as_string(hide_password=True)
+                parsed = make_url(url)
             except ArgumentError:
                 raise md.DiffInputError("--database-url is not an SQLAlchemy URL") from None
-            parsed = make_url(url)
+            shown = parsed.render_as_string(hide_password=True)
             if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
                 _print_error(args, "store_unavailable", f"{shown}: no such database file")  # not made here
                 return 1
             engine = engine_for(url)
             try:
                 report = md.store_diff(
-                    engine, window, tenant=args.tenant, source=args.source, limit=args.limit
+                    engine,
+                    window,
+                    tenant=args.tenant,
+                    source=args.source,
+                    primary_model=primary_model,
+                    shadow_model=shadow_model,
+                    limit=args.limit,
                 )
             except (SQLAlchemyError, md.StoreSchemaError) as exc:
                 detail = brief_error(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
@@ -509,7 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rescore.add_argument("--model", help="only decisions of this model: NAME or NAME:VERSION")
     rescore.add_argument("--tenant", help="only this tenant's decisions")
-    rescore.add_argument("--limit", type=int, help="at most this many decisions (oldest first)")
+    rescore.add_argument(
+        "--limit", type=_at_least(1), help="at most this many decisions (oldest first); see --after-id"
+    )
+    rescore.add_argument(
+        "--after-id",
+        type=_at_least(0),
+        help="only decisions with a higher id: the previous batch's `last_id`, so batches walk the table",
+    )
     rescore.add_argument(
         "--dry-run", action="store_true", help="report what would change; store and emit nothing"
     )
@@ -569,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--until", help="store: ISO 8601 time or a span back from now; default now")
     diff.add_argument("--tenant", help="store: only this tenant")
     diff.add_argument("--source", choices=["worker", "gateway"], help="store: only this scoring path")
+    diff.add_argument(
+        "--primary-model", help="store: only this primary, NAME or NAME:VERSION (the table's model names)"
+    )
+    diff.add_argument("--shadow-model", help="store: only this shadow, NAME or NAME:VERSION")
     diff.add_argument("--database-url", help="store: SQLAlchemy URL (default: DFG_DATABASE_URL)")
     diff.add_argument("--folder", help="offline: a folder of media named by --labels")
     diff.add_argument("--labels", help="offline: CSV of filename,label (0/1, real/fake) or metadata.json")

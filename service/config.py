@@ -371,6 +371,12 @@ class Settings(BaseSettings):
         description="A revocation not followed by an assignment within this long renews the subscription "
         "(a stalled rejoin would leave the worker idle in its group).",
     )
+    worker_outbox_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often the worker produces re-decisions (`dfguard rescore`) stored and not yet "
+        "acknowledged by the broker (the revision outbox); also once at start.",
+    )
     worker_lag_interval_seconds: float = Field(
         0.25, gt=0, description="How often the lag gauge is refreshed (one end-offsets request)."
     )

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from service.config import Aggregation
 from service.schemas import Decision, ThresholdSource
 
-__all__ = ["DEFAULT_AGGREGATION", "Policy", "Thresholds", "Verdict", "aggregate", "choose_policy", "decide"]
+if TYPE_CHECKING:
+    from service.models import EnsembleManifest, ModelManifest
+
+__all__ = [
+    "DEFAULT_AGGREGATION",
+    "Policy",
+    "Thresholds",
+    "Verdict",
+    "aggregate",
+    "choose_policy",
+    "decide",
+    "ensemble_policy",
+    "judge",
+]
 
 DEFAULT_AGGREGATION: Aggregation = "confident"
 
@@ -63,6 +78,30 @@ def choose_policy(
         )
     chosen = aggregation or ensemble_aggregation or DEFAULT_AGGREGATION
     return Policy(base, chosen, source)  # type: ignore[arg-type]
+
+
+def ensemble_policy(
+    models: Sequence[ModelManifest],
+    ensemble: EnsembleManifest | None,
+    *,
+    review: float | None = None,
+    flag: float | None = None,
+    aggregation: Aggregation | None = None,
+) -> Policy:
+    """The policy of an ensemble: the overrides given, else its manifest's, else a lone model's calibrated
+    thresholds, else the defaults. The primary passes the `DFG_*` overrides; a shadow or offline candidate
+    passes none (they were chosen for the primary), so both arms are judged the way they would be served."""
+    lone = models[0].thresholds if len(models) == 1 else None
+    return choose_policy(
+        review=review,
+        flag=flag,
+        aggregation=aggregation,
+        ensemble=(ensemble.thresholds.review, ensemble.thresholds.flag)
+        if ensemble and ensemble.thresholds
+        else None,
+        ensemble_aggregation=ensemble.aggregation if ensemble else None,
+        model=(lone.review, lone.flag) if lone else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -121,3 +160,23 @@ def decide(score: float | None, thresholds: Thresholds, extra_reasons: Sequence[
         decision = "allow"
         reasons.insert(0, "score_below_review_threshold")
     return Verdict(score, decision, reasons)
+
+
+def judge(
+    scores_by_model: Mapping[str, Sequence[float] | npt.NDArray[np.floating]],
+    crop_frames: Sequence[int],
+    policy: Policy,
+    *,
+    partial: bool,
+    untrained: bool,
+) -> Verdict:
+    """An ensemble's verdict on its crop scores: `policy`'s aggregation and thresholds, with the reasons that
+    qualify any verdict (`partially_decoded`, `untrained_model`). The primary and the shadow both judge here,
+    so their decisions differ only by their models and policies."""
+    score = aggregate(
+        {name: [float(x) for x in s] for name, s in scores_by_model.items()}, crop_frames, policy.aggregation
+    )
+    extra = ["partially_decoded"] if partial else []
+    if untrained:
+        extra.append("untrained_model")
+    return decide(score, policy.thresholds, extra)

@@ -16,7 +16,7 @@ import json
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -180,12 +180,42 @@ class RevisionNotExpressible(ValueError):
 
 
 def parse_flag_event(raw: bytes | str) -> FlagEvent:
-    """Read a flag event of either schema version (v1 reads as revision 1)."""
+    """Read a flag event of either schema version (v1 reads as revision 1).
+
+    v2 is read as its JSON Schema allows: unknown fields are ignored at every level (a later v2 may add
+    `timings_ms.queue` or `model.digest`), not only at the top, where the nested models themselves stay
+    closed for v1 (whose schema is generated from them)."""
     data = json.loads(raw)
     if isinstance(data, dict) and data.get("schema_version") == 1:
         v1 = FlagEventV1.model_validate(data)
         return FlagEvent.model_validate({**v1.model_dump(), "schema_version": 2})
-    return FlagEvent.model_validate(data)
+    return FlagEvent.model_validate(_known(FlagEvent, data))
+
+
+def _known(model: type[BaseModel], data: Any) -> Any:
+    """`data` with only the fields `model` (and its nested models) declare; anything else is left as is for
+    validation to judge."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        out[name] = _known_value(field.annotation, value)
+    return out
+
+
+def _known_value(annotation: Any, value: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _known(annotation, value)
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(value, list):
+        return [_known_value(args[0], v) for v in value]
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1 and isinstance(value, dict):  # `Model | None`
+        return _known(models[0], value)
+    return value
 
 
 def encode_flag_event(event: FlagEvent, version: FlagsSchemaVersion = SCHEMA_VERSION) -> bytes:

@@ -29,6 +29,7 @@ __all__ = [
     "REBALANCE_STALLS",
     "REQUESTS",
     "REQUEST_DURATION",
+    "REVISIONS_PENDING",
     "SHADOW_DECISIONS",
     "SHADOW_QUEUE_DEPTH",
     "SHADOW_SCORE_DIFF",
@@ -188,7 +189,7 @@ SHADOW_DECISIONS = Counter(
 SHADOW_SKIPPED = Counter(
     "dfguard_shadow_skipped_total",
     "Media in the shadow's sample left unscored by it, by reason (queue_full, failed, no_faces_cut, "
-    "store_unavailable).",
+    "store_unavailable, shutdown).",
     ["reason"],
 )
 SHADOW_SCORE_DIFF = Histogram(
@@ -197,6 +198,10 @@ SHADOW_SCORE_DIFF = Histogram(
     buckets=(-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 SHADOW_QUEUE_DEPTH = Gauge("dfguard_shadow_queue_depth", "Media waiting for the shadow's low-priority lane.")
+REVISIONS_PENDING = Gauge(
+    "dfguard_revisions_pending",
+    "Re-decisions (dfguard rescore) stored whose flag event the broker has not acknowledged (the outbox).",
+)
 
 
 def init_tenant_series(tenants: list[str]) -> None:

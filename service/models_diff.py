@@ -7,10 +7,12 @@ Two sources of evidence:
   whose decision differs are listed, newest first, up to a limit (the total is always reported). Counts are
   `GROUP BY` queries, so a week of traffic costs one indexed scan, not a row per medium in this process. The
   command reads only: it never migrates the schema, and says so when the store predates shadow results.
-- A labelled folder (`folder_diff`): a team's own held-out media, scored by both model lists through the
-  served pipeline (`service.compose`, as `dfguard score` builds it), with AUC, log loss (the DFDC metric) and
-  decision shares per list, and the files whose decision differs. Media that cannot be scored are reported
-  with their error code and left out of every figure.
+- A labelled folder (`folder_diff`): a team's own held-out media, scored by the served primary pipeline
+  (`service.compose`, as `dfguard score` builds it) while the candidate judges the same classified faces as
+  the live shadow does (`ShadowModels.judge`: its own crop margins and policy, none of the primary's
+  `DFG_*` overrides), with AUC, log loss (the DFDC metric) and decision shares per list, and the files whose
+  decision differs. Media that cannot be scored are reported with their error code and left out of every
+  figure; an outage (the backend down) stops the command instead of failing every file.
 
 A medium with no detected face has no score; for AUC and log loss it counts as 0.5, "unsure", which is what
 DFDC entrants submitted when their detector found nothing (and what `training.evaluate` does): leaving such
@@ -36,18 +38,18 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Engine
 
 from service.evaluation import DECISIONS, auc, confusion, decision_counts, log_loss
-from service.schemas import Decision, ModelRef, UsedThresholds
+from service.schemas import Decision, ModelRef, ShadowSource, UsedThresholds
 from service.store.tables import ShadowRow
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.pipeline import Pipeline
-    from service.schemas import ScoreResult
+    from service.decision import Policy
 
 __all__ = [
     "ConfusionMatrix",
     "DiffInputError",
     "FolderDiff",
+    "ModelFilter",
     "StoreDiff",
     "StoreSchemaError",
     "Window",
@@ -61,7 +63,6 @@ __all__ = [
 
 NO_FACE_SCORE = 0.5  # see the module docstring
 MEDIA_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".jpg", ".jpeg", ".png", ".webp"})
-Source = Literal["worker", "gateway"]
 
 
 class DiffInputError(ValueError):
@@ -118,7 +119,10 @@ def parse_time(text: str, now: datetime) -> datetime:
     """An ISO 8601 time (UTC when it names no offset) or a span back from `now`: `90m`, `24h`, `7d`, `2w`."""
     m = _RELATIVE.match(text)
     if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        except OverflowError:  # a span beyond datetime's range (year 1 .. 9999)
+            raise DiffInputError(f"{text!r} reaches back before the year 1") from None
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -146,7 +150,7 @@ class ShadowChange(_Out):
     """One medium whose shadow decision differs from the primary's. `video_id` is null for gateway scoring."""
 
     created_at: datetime
-    source: str
+    source: ShadowSource
     tenant: str
     video_id: str | None
     sha256: str
@@ -156,11 +160,27 @@ class ShadowChange(_Out):
     shadow_decision: Decision
 
 
+class ModelFilter(_Out):
+    """`NAME[:VERSION]`: one model (list) by name, any version unless one is given."""
+
+    name: str
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelFilter:
+        name, sep, version = text.strip().partition(":")
+        if not name or (sep and not version):
+            raise DiffInputError(f"{text!r}: expected NAME or NAME:VERSION")
+        return cls(name=name, version=version or None)
+
+
 class StoreDiff(_Out):
     mode: Literal["store"] = "store"
     window: Window
     tenant: str | None
-    source: Source | None
+    source: ShadowSource | None
+    primary_model: ModelFilter | None = None
+    shadow_model: ModelFilter | None = None
     n: int = Field(description="Shadow results in the window.")
     models: list[ModelPair] = Field(
         description="The (primary, shadow) model pairs seen, most frequent first."
@@ -173,6 +193,10 @@ class StoreDiff(_Out):
     stricter: int = Field(description="Changes where the shadow is more severe than the primary.")
     items: list[ShadowChange] = Field(description="Changed media, newest first, at most `limit`.")
     limit: int
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Caveats on the figures, e.g. several (primary, shadow) pairs counted in one matrix.",
+    )
 
 
 def _utc(t: datetime) -> datetime:
@@ -185,10 +209,14 @@ def store_diff(
     window: Window,
     *,
     tenant: str | None = None,
-    source: Source | None = None,
+    source: ShadowSource | None = None,
+    primary_model: ModelFilter | None = None,
+    shadow_model: ModelFilter | None = None,
     limit: int = 50,
 ) -> StoreDiff:
-    """Primary vs shadow over the store's shadow results in `window`.
+    """Primary vs shadow over the store's shadow results in `window`, optionally for one primary and one
+    shadow model. A window holding several (primary, shadow) pairs mixes them in one matrix: unless both
+    filters are given, that is reported in `warnings`.
 
     Raises:
         StoreSchemaError: the store has no shadow results table (run `dfguard db upgrade`).
@@ -204,6 +232,14 @@ def store_diff(
         where.append(t.tenant == tenant)
     if source is not None:
         where.append(t.source == source)
+    for f, name_col, version_col in (
+        (primary_model, t.primary_model_name, t.primary_model_version),
+        (shadow_model, t.shadow_model_name, t.shadow_model_version),
+    ):
+        if f is not None:
+            where.append(name_col == f.name)
+            if f.version is not None:
+                where.append(version_col == f.version)
     n = func.count()
     with engine.connect() as conn:
         pairs = conn.execute(
@@ -239,10 +275,19 @@ def store_diff(
         ).all()
     matrix = ConfusionMatrix(counts=confusion(((p, s) for p, s, _ in pairs), counts=(k for *_, k in pairs)))
     total = sum(k for *_, k in pairs)
+    warnings = []
+    if len(models) > 1:
+        warnings.append(
+            f"{len(models)} (primary, shadow) model pairs in the window are counted in one matrix: "
+            "name one with --primary-model and --shadow-model NAME[:VERSION]"
+        )
     return StoreDiff(
         window=window,
         tenant=tenant,
         source=source,
+        primary_model=primary_model,
+        shadow_model=shadow_model,
+        warnings=warnings,
         n=total,
         models=[
             ModelPair(primary=ModelRef(name=a, version=b), shadow=ModelRef(name=c, version=d), n=k)
@@ -377,23 +422,28 @@ class FolderDiff(_Out):
 
 
 def _list_report(
-    pipeline: Pipeline, manifests: Sequence[Path], labels: list[int], results: list[ScoreResult]
+    model: ModelRef,
+    policy: Policy,
+    manifests: Sequence[Path],
+    labels: list[int],
+    outcomes: list[tuple[float | None, Decision]],
 ) -> ListReport:
-    scores = [NO_FACE_SCORE if r.score is None else r.score for r in results]
-    decisions = [r.decision for r in results]
+    scores = [NO_FACE_SCORE if score is None else score for score, _ in outcomes]
+    decisions = [d for _, d in outcomes]
     counts = decision_counts(decisions)
+    t = policy.thresholds
     return ListReport(
         manifests=[str(m) for m in manifests],
-        model=pipeline.model_ref,
-        thresholds=pipeline.used_thresholds,
-        aggregation=pipeline.policy.aggregation,
-        n=len(results),
+        model=model,
+        thresholds=UsedThresholds(review=t.review, flag=t.flag, source=policy.source),
+        aggregation=policy.aggregation,
+        n=len(outcomes),
         n_fake=sum(labels),
-        no_face=sum(r.score is None for r in results),
+        no_face=sum(score is None for score, _ in outcomes),
         auc=_figure(auc(labels, scores)),
         log_loss=_figure(log_loss(labels, scores)),
         decisions=counts,
-        decision_shares={d: _share(k, len(results)) for d, k in counts.items()},
+        decision_shares={d: _share(k, len(outcomes)) for d, k in counts.items()},
         decisions_by_label={
             name: decision_counts(d for d, y in zip(decisions, labels, strict=True) if y == value)
             for name, value in (("real", 0), ("fake", 1))
@@ -434,14 +484,20 @@ def folder_diff(
 ) -> FolderDiff:
     """Score every labelled file in `folder` with both model lists and compare them.
 
-    `settings` supplies everything but the models (decoding limits, detector, backend, thresholds). Pipelines
-    are built unbatched, one caller each, and files are scored one at a time.
+    `settings` supplies everything but the models (decoding limits, detector, backend, thresholds). One
+    unbatched primary pipeline decodes and detects each file once; the candidate judges the faces the primary
+    classified, as the live shadow does (`service.shadow.ShadowModels.judge`), so the `DFG_*_THRESHOLD`,
+    `DFG_AGGREGATION` and `DFG_CROP_MARGIN` overrides apply to the primary only, as they do when served.
 
     Raises:
         DiffInputError: the folder or the label file is unusable.
+        ModerationError: an outage (HTTP status 500 or more: the backend is down), naming the file it hit.
     """
-    from service.compose import build_pipeline
+    from service.compose import build_backend, build_pipeline
     from service.errors import ModerationError
+    from service.models import resolve_models
+    from service.shadow import ShadowModels
+    from service.triton.repo import SHADOW_ENSEMBLE
 
     if not folder.is_dir():
         raise DiffInputError(f"{folder} is not a folder")
@@ -449,44 +505,58 @@ def folder_diff(
         _check_models(which, paths)
     labels = read_labels(labels_path)
     lists = (list(primary), list(candidate))
-    pipelines = [
-        build_pipeline(settings.model_copy(update={"model_paths": m}), batching=False) for m in lists
-    ]
-    names, ys, results, failed = [], [], [], []
+    chosen = resolve_models(lists[1])
+    pipeline = build_pipeline(settings.model_copy(update={"model_paths": lists[0]}), batching=False)
+    try:
+        backend = build_backend(settings, chosen, triton_ensemble=SHADOW_ENSEMBLE)
+    except BaseException:
+        pipeline.close()
+        raise
+    shadow = ShadowModels(backend.models, chosen.ensemble, sample=1.0)  # every file in its arm
+    names: list[str] = []
+    ys: list[int] = []
+    results: list[tuple[tuple[float | None, Decision], tuple[float | None, Decision]]] = []
+    failed = []
     try:
         for name in sorted(labels):
             try:
-                pair = [p.score_file(folder / name) for p in pipelines]
+                scored = pipeline.score_file_with(folder / name, shadow.models_for)
+                assert scored.extra is not None  # a sample of 1 cuts crops for every medium
+                verdict = shadow.judge(backend, scored.extra)
             except ModerationError as exc:
+                if exc.http_status >= 500:  # an outage, not this file's fault: every other file would fail
+                    raise type(exc)(f"models diff stopped at {name}: {exc.message}") from exc
                 failed.append(FailedFile(file=name, code=exc.code, message=exc.message))
                 continue
             names.append(name)
             ys.append(labels[name])
-            results.append(pair)
+            r = scored.result
+            cand = None if verdict.score is None else round(verdict.score, 6)  # as a `ScoreResult` rounds
+            results.append(((r.score, r.decision), (cand, verdict.decision)))
     finally:
-        for p in pipelines:
-            p.close()
+        backend.close()
+        pipeline.close()
     first, second = [r[0] for r in results], [r[1] for r in results]
-    matrix = ConfusionMatrix(counts=confusion((a.decision, b.decision) for a, b in results))
+    matrix = ConfusionMatrix(counts=confusion((a[1], b[1]) for a, b in results))
     changes = [
         FileChange(
             file=name,
             label="fake" if y else "real",
-            primary_score=a.score,
-            primary_decision=a.decision,
-            candidate_score=b.score,
-            candidate_decision=b.decision,
+            primary_score=a[0],
+            primary_decision=a[1],
+            candidate_score=b[0],
+            candidate_decision=b[1],
         )
         for name, y, (a, b) in zip(names, ys, results, strict=True)
-        if a.decision != b.decision
+        if a[1] != b[1]
     ]
     return FolderDiff(
         folder=str(folder),
         labels=str(labels_path),
         labelled=len(labels),
         unlabelled=sum(1 for f in _media_files(folder) if f not in labels),
-        primary=_list_report(pipelines[0], lists[0], ys, first),
-        candidate=_list_report(pipelines[1], lists[1], ys, second),
+        primary=_list_report(pipeline.model_ref, pipeline.policy, lists[0], ys, first),
+        candidate=_list_report(shadow.model_ref, shadow.policy, lists[1], ys, second),
         confusion=matrix,
         changed=matrix.changed,
         changed_share=_share(matrix.changed, len(results)),
@@ -518,13 +588,24 @@ def _changed_line(changed: int, share: float | None, stricter: int) -> str:
 
 def render_store(d: StoreDiff) -> str:
     w = d.window
-    scope = "".join([f", tenant {d.tenant}" if d.tenant else "", f", source {d.source}" if d.source else ""])
+    scope = "".join(
+        [
+            f", tenant {d.tenant}" if d.tenant else "",
+            f", source {d.source}" if d.source else "",
+            *(
+                f", {which} {f.name}{'' if f.version is None else ':' + f.version}"
+                for which, f in (("primary", d.primary_model), ("shadow", d.shadow_model))
+                if f is not None
+            ),
+        ]
+    )
     lines = [f"shadow results {w.since.isoformat()} .. {w.until.isoformat()}{scope}: {d.n}"]
     for p in d.models:
         lines.append(
             f"  primary {p.primary.name} {p.primary.version}"
             f" vs shadow {p.shadow.name} {p.shadow.version}: {p.n}"
         )
+    lines += [f"warning: {text}" for text in d.warnings]
     if not d.n:
         return "\n".join(lines)
     lines += _matrix_lines(d.confusion, "primary", "shadow")

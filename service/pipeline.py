@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.config import Settings
-from service.decision import Policy, Verdict, aggregate, choose_policy, decide
+from service.decision import Policy, Verdict, ensemble_policy, judge
 from service.faces import (
     Detection,
     FaceDetector,
@@ -160,16 +160,13 @@ class Pipeline:
 
     def _policy(self) -> Policy:
         """Thresholds and aggregation: explicit settings, else the ensemble manifest's, else a lone model's
-        calibrated thresholds, else the defaults (`service.decision.choose_policy`)."""
-        ens = self.ensemble
-        lone = self.models[0].thresholds if len(self.models) == 1 else None
-        return choose_policy(
+        calibrated thresholds, else the defaults (`service.decision.ensemble_policy`)."""
+        return ensemble_policy(
+            self.models,
+            self.ensemble,
             review=self.settings.review_threshold,
             flag=self.settings.flag_threshold,
             aggregation=self.settings.aggregation,
-            ensemble=(ens.thresholds.review, ens.thresholds.flag) if ens and ens.thresholds else None,
-            ensemble_aggregation=ens.aggregation if ens else None,
-            model=(lone.review, lone.flag) if lone else None,
         )
 
     @property
@@ -248,17 +245,13 @@ class Pipeline:
         return list(range(len(every)))
 
     def verdict(self, media: SampledMedia, stage: StageResult) -> Verdict:
-        score = aggregate(
-            {k: v.tolist() for k, v in stage.scores_by_model.items()},
+        return judge(
+            stage.scores_by_model,
             stage.crop_frames,
-            self.policy.aggregation,
+            self.policy,
+            partial=media.header.partial,
+            untrained=self.untrained,
         )
-        extra = []
-        if media.header.partial:
-            extra.append("partially_decoded")
-        if self.untrained:
-            extra.append("untrained_model")
-        return decide(score, self.thresholds, extra)
 
     # --- whole path ------------------------------------------------------------------------------------
 

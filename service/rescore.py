@@ -9,13 +9,17 @@ reused its verdict, in one transaction (`service/store/revisions.py`), and their
 revision is marked emitted only once the broker acknowledged it.
 
 Restartable: a run first produces the revisions an interrupted run stored but did not get acknowledged
-(a crash in between produces one revision's bytes twice at most, never a second revision); decisions already
+(the outbox, which every worker also drains periodically: `service/worker/outbox.py`; a crash in between
+produces one revision's bytes twice at most, never a second revision); decisions already
 decided by the current models, thresholds and aggregation are skipped, so revised ones are not redone.
 Unchanged decisions are re-scored again by a rerun (nothing records them).
 
 Not re-decided: decisions without a source URI (stored before it was kept; reported), media that cannot be
 fetched or analysed now (reported with the error code; the stored decision stands: a transient decode
-failure must not overturn a verdict), exact reposts (they follow the video whose verdict they reused).
+failure must not overturn a verdict), media whose bytes are no longer those decided (the sha256 differs:
+the object behind the URI was replaced, and a verdict about other bytes must not be stored; reported as
+`media_changed`), exact reposts (they follow the video whose verdict they reused; one that a live worker
+stored with the verdict read just before its original's revision committed is revised to follow it).
 Dependency failures (backend, store, broker) stop the run; rerun it when they are back.
 """
 
@@ -25,13 +29,13 @@ import logging
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.errors import Fault, ModerationError, classify
@@ -44,12 +48,25 @@ from service.sources import FetchPolicy, fetch_to_file_sync
 from service.store import DecisionStore
 from service.store.revisions import Candidate, Redecision, Revised, Selection, StaleRevision
 from service.worker.handler import top_frames
+from service.worker.outbox import produce_acked
 
-__all__ = ["RescoreRefused", "RescoreReport", "Rescorer", "check_settings", "parse_model", "parse_when"]
+__all__ = [
+    "MediaChanged",
+    "RescoreRefused",
+    "RescoreReport",
+    "Rescorer",
+    "check_settings",
+    "parse_model",
+    "parse_when",
+]
 
 log = logging.getLogger(__name__)
 _LISTED = 1000  # items listed by name in a report (the counts are always complete)
 _T = TypeVar("_T")
+
+
+class MediaChanged(Exception):
+    """The URI now serves other bytes than the stored decision was about (sha256 differs)."""
 
 
 class RescoreRefused(ValueError):
@@ -82,13 +99,23 @@ class RescoreReport(BaseModel):
     model: ModelRef
     thresholds: UsedThresholds
     aggregation: str
+    pending: int = Field(
+        0,
+        description="Revisions stored and not acknowledged by the broker when the run started (the outbox).",
+    )
     resumed: int = Field(0, description="Revisions an interrupted run stored, produced first.")
     selected: int = 0
     current: int = Field(0, description="Already decided by these models and thresholds: skipped.")
     follows_original: int = Field(0, description="Exact reposts: revised with the video they reused.")
     skipped_no_uri: int = 0
     missing_media: int = Field(0, description="Media not fetched or analysed now; the decision stands.")
-    failed: int = 0
+    media_changed: int = Field(
+        0, description="The URI serves other bytes (sha256) than were decided: skipped, the decision stands."
+    )
+    failed: int = Field(0, description="Re-decisions that failed (listed in `failures`): the run exits 1.")
+    last_id: int | None = Field(
+        None, description="Id of the last decision selected: pass it as --after-id to continue after it."
+    )
     rescored: int = 0
     changed: int = 0
     unchanged: int = 0
@@ -96,6 +123,7 @@ class RescoreReport(BaseModel):
     changes: list[Change] = Field(default_factory=list)
     no_uri: list[VideoRef] = Field(default_factory=list)
     missing: list[Problem] = Field(default_factory=list)
+    changed_media: list[Problem] = Field(default_factory=list)
     failures: list[Problem] = Field(default_factory=list)
 
 
@@ -109,10 +137,13 @@ def check_settings(settings: Settings) -> None:
 
 
 def parse_when(text: str | None) -> datetime | None:
-    """An RFC 3339 / ISO 8601 time; UTC when it names no zone."""
+    """An RFC 3339 / ISO 8601 time; UTC when it names no zone. Raises `ValueError` naming the text."""
     if text is None:
         return None
-    t = datetime.fromisoformat(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -160,12 +191,17 @@ class Rescorer:
 
     def run(self, selection: Selection) -> RescoreReport:
         """Produce what an interrupted run left, then re-decide every selected decision."""
-        if not self.dry_run:
-            pending = self.store.pending_emissions()
-            if pending:
-                log.info("rescore: producing %d revisions an earlier run left", len(pending))
-                self._emit((p.id, p.video_id, p.value) for p in pending)
-                self.report.resumed = len(pending)
+        self.report.pending = self.store.pending_count()
+        if not self.dry_run and self.report.pending:
+            log.info("rescore: producing %d revisions an earlier run left", self.report.pending)
+            producer = self._producer
+            assert producer is not None
+            resumed = self.store.drain_pending(
+                lambda batch: self._count(
+                    produce_acked(producer, self.s, ((p.video_id, p.value) for p in batch))
+                )
+            )
+            self.report.resumed = resumed
         scratch = tempfile.mkdtemp(prefix="dfguard-rescore-")
         try:
             for candidate in self.store.candidates(selection):
@@ -184,9 +220,10 @@ class Rescorer:
     def _one(self, c: Candidate, scratch: Path) -> None:
         r = self.report
         r.selected += 1
+        r.last_id = c.id  # whatever becomes of it, a next batch (--after-id) starts past it
         ref = VideoRef(tenant=c.tenant, video_id=c.video_id)
         if c.origin == "duplicate":
-            r.follows_original += 1
+            self._follow(c)
             return
         if self._is_current(c):
             r.current += 1
@@ -197,6 +234,16 @@ class Rescorer:
             return
         try:
             new = self._redecide(c, scratch / f"{c.id}.media")
+        except MediaChanged as exc:
+            r.media_changed += 1
+            _listed(
+                r.changed_media,
+                Problem(tenant=c.tenant, video_id=c.video_id, code="media_changed", message=str(exc)),
+            )
+            log.warning("rescore: %s/%s: %s", c.tenant, c.video_id, exc)
+            return
+        except (SQLAlchemyError, KafkaError):
+            raise  # the store or the broker is down: stop (a rerun resumes)
         except ModerationError as exc:
             failure = classify(exc)
             problem = Problem(tenant=c.tenant, video_id=c.video_id, code=failure.code, message=exc.message)
@@ -210,6 +257,15 @@ class Rescorer:
                 _listed(r.failures, problem)
                 return
             raise  # a dependency is down or a bug: stop (a rerun resumes)
+        except Exception as exc:  # noqa: BLE001 - one decision's own failure (e.g. OSError): report, go on
+            r.failed += 1
+            message = f"{type(exc).__name__}: {exc}"
+            _listed(
+                r.failures,
+                Problem(tenant=c.tenant, video_id=c.video_id, code="internal_error", message=message),
+            )
+            log.warning("rescore: %s/%s failed: %s", c.tenant, c.video_id, message)
+            return
         r.rescored += 1
         if new.decision == c.decision:
             r.unchanged += 1
@@ -233,7 +289,50 @@ class Rescorer:
             _listed(r.failures, problem)
             return
         self._report_changes(c, revised)
-        self._emit((v.id, v.video_id, v.value) for v in revised)
+        self._emit(revised)
+
+    def _follow(self, c: Candidate) -> None:
+        """An exact repost is revised with its original; one a live worker stored with the verdict it read
+        just before the original's revision committed lags it, and is revised to follow it here."""
+        r = self.report
+        lag = self.store.lagging_original(c.id)
+        if lag is None:
+            r.follows_original += 1
+            return
+        original, decision = lag
+        r.changed += 1
+        if self.dry_run:
+            change = Change(
+                tenant=c.tenant,
+                video_id=c.video_id,
+                before=c.decision,
+                after=decision,
+                revision=c.revision + 1,
+                repost_of=original,
+            )
+            _listed(r.changes, change)
+            return
+        try:
+            revised = self.store.follow_original(c.id, c.revision)
+        except StaleRevision as exc:
+            r.failed += 1
+            problem = Problem(tenant=c.tenant, video_id=c.video_id, code="stale_revision", message=str(exc))
+            _listed(r.failures, problem)
+            return
+        for v in revised:
+            change = Change(
+                tenant=v.tenant,
+                video_id=v.video_id,
+                before=c.decision,
+                after=v.event.decision,
+                revision=v.event.revision,
+                event_id=v.event.event_id,
+                supersedes=v.event.supersedes,
+                repost_of=original,
+            )
+            _listed(r.changes, change)
+        if revised:
+            self._emit(revised)
 
     def _report_changes(self, c: Candidate, revised: list[Revised]) -> None:
         for i, v in enumerate(revised):
@@ -258,11 +357,14 @@ class Rescorer:
             )
 
     def _redecide(self, c: Candidate, dest: Path) -> Redecision:
-        """Fetch, decode and decide `c`'s medium as the worker would now. Raises `ModerationError`."""
+        """Fetch, decode and decide `c`'s medium as the worker would now. Raises `ModerationError`, or
+        `MediaChanged` when the bytes are not those the stored decision was about."""
         assert c.source_uri is not None
         t0 = time.perf_counter()
         try:
             fetched = fetch_to_file_sync(c.source_uri, dest, self.policy, tenant=c.tenant)
+            if c.sha256 is not None and fetched.sha256 != c.sha256:
+                raise MediaChanged(f"sha256 {fetched.sha256[:12]}… now, {c.sha256[:12]}… when decided")
             fetch_ms = _ms(t0)
             t1 = time.perf_counter()
             pending = PendingMedia(fetched.path, self.s)
@@ -315,23 +417,17 @@ class Rescorer:
             frame_hashes=hashes,
         )
 
-    def _emit(self, events: Iterable[tuple[int, str, bytes]]) -> None:
-        """Produce flag events and wait for the broker's acknowledgement, then mark them emitted.
+    def _count(self, produced: int) -> None:
+        self.report.emitted += produced
 
-        Raises a `KafkaError` if the broker does not acknowledge: the revisions stay pending for a rerun."""
+    def _emit(self, revised: list[Revised]) -> None:
+        """Produce a re-decision's flag events, wait for the broker's acknowledgement, then mark them emitted.
+
+        Raises a `KafkaError` if the broker does not acknowledge: the revisions stay pending for a worker's
+        outbox pass or a rerun."""
         assert self._producer is not None
-        sent = []
-        for revision_id, video_id, value in events:
-            headers = [("schema_version", b"2"), ("trace_id", uuid.uuid4().hex.encode())]
-            future = self._producer.send(
-                self.s.kafka_flags_topic, key=video_id.encode(), value=value, headers=headers
-            )
-            sent.append((revision_id, future))
-        self._producer.flush(timeout=self.s.kafka_request_timeout_ms / 1000 * 2)
-        for _, future in sent:
-            future.get(timeout=self.s.kafka_request_timeout_ms / 1000 * 2)
-        self.store.mark_emitted([revision_id for revision_id, _ in sent])
-        self.report.emitted += len(sent)
+        self._count(produce_acked(self._producer, self.s, ((v.video_id, v.value) for v in revised)))
+        self.store.mark_emitted([v.id for v in revised])
 
 
 def _ms(since: float) -> float:

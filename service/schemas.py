@@ -11,6 +11,7 @@ Decision = Literal["allow", "review", "flag"]
 DecisionOrigin = Literal["scored", "duplicate", "near_duplicate", "media_error"]
 ThresholdSource = Literal["settings", "ensemble", "model", "default"]
 MediaKind = Literal["video", "image"]
+ShadowSource = Literal["worker", "gateway"]  # the scoring path a shadow result came from
 
 __all__ = [
     "Decision",
@@ -30,6 +31,7 @@ __all__ = [
     "ModelRef",
     "ScoreResult",
     "ScoreUrlRequest",
+    "ShadowSource",
     "ThresholdSource",
     "Timings",
     "UsedThresholds",

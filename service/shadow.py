@@ -1,4 +1,4 @@
-"""Shadow scoring: a candidate ensemble judges a sample of live traffic beside the primary, never in its way.
+"""Shadow scoring: a candidate ensemble judges a sample of live traffic beside the primary, out of its way.
 
 Which media are in the shadow's arm is a function of the media's sha256 (`in_shadow_arm`), so a repost of the
 same bytes lands in the same arm on every replica, the gateway and the worker alike. The adapters cut the
@@ -6,8 +6,11 @@ shadow's crops while the frames are alive (`Pipeline.score_media_with`: cropping
 detection, which the shadow reuses) and, once the primary decision is made, offer them to the `ShadowLane`:
 one low-priority thread with a bounded queue and its own backend (embedded ONNX Runtime with one thread, or
 the `shadow_ensemble` model on Triton), so live crops never wait behind shadow crops in the micro-batcher.
+On Triton the shadow's member models still share the server (its dynamic-batching queues and GPU) with live
+crops, and the lane's nice value does nothing there: the sample is the lever (docs/rollouts.md).
 When the queue is full the medium is skipped and counted, never queued without bound: the shadow is a
-measurement, and an incomplete one is preferable to a primary slowed down by it.
+measurement, and an incomplete one is preferable to a primary slowed down by it. The queue bounds items, not
+bytes: an item holds all of a medium's crops.
 
 The shadow decides with its own ensemble's policy (its manifest's thresholds and aggregation, else a lone
 model's calibrated thresholds, else the defaults); the `DFG_*_THRESHOLD` overrides are the primary's. Its
@@ -24,14 +27,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Protocol
+
+import numpy as np
 
 from service import metrics
-from service.decision import Policy, Thresholds, aggregate, choose_policy, decide
+from service.decision import Policy, Thresholds, Verdict, ensemble_policy, judge
 from service.inference import InferenceBackend
 from service.models import EnsembleManifest, ModelManifest
 from service.pipeline import CutCrops, ensemble_ref
-from service.schemas import Decision, ModelRef
+from service.schemas import Decision, ModelRef, ShadowSource
 
 __all__ = [
     "ShadowLane",
@@ -44,9 +49,10 @@ __all__ = [
     "in_shadow_arm",
 ]
 
+
 log = logging.getLogger("dfguard.shadow")
 
-ShadowSource = Literal["worker", "gateway"]
+SKIP_REASONS = ("queue_full", "failed", "store_unavailable", "no_faces_cut", "shutdown")
 
 
 def in_shadow_arm(sha256: str, sample: float) -> bool:
@@ -73,16 +79,22 @@ class ShadowModels:
 
     @property
     def policy(self) -> Policy:
-        """As `Pipeline._policy`, without the settings' overrides (those were chosen for the primary)."""
-        ens = self.ensemble
-        lone = self.models[0].thresholds if len(self.models) == 1 else None
-        return choose_policy(
-            review=None,
-            flag=None,
-            aggregation=None,
-            ensemble=(ens.thresholds.review, ens.thresholds.flag) if ens and ens.thresholds else None,
-            ensemble_aggregation=ens.aggregation if ens else None,
-            model=(lone.review, lone.flag) if lone else None,
+        """The ensemble's own policy, without the settings' overrides (those were chosen for the primary)."""
+        return ensemble_policy(self.models, self.ensemble)
+
+    def judge(self, backend: InferenceBackend, crops: CutCrops, policy: Policy | None = None) -> Verdict:
+        """The verdict on `crops` with `backend`: the live lane's and `dfguard models diff --folder`'s, so
+        the offline report judges a candidate exactly as its shadow would be judged."""
+        if crops.crop_frames:
+            scores = backend.predict_many(crops.crops_by_model)
+        else:
+            scores = {name: np.empty(0, dtype=np.float32) for name in crops.crops_by_model}
+        return judge(
+            {m.name: scores[m.name] for m in self.models},
+            crops.crop_frames,
+            policy or self.policy,
+            partial=crops.partial,
+            untrained=any(not m.trained for m in self.models),
         )
 
     def models_for(self, sha256: str) -> Sequence[ModelManifest]:
@@ -102,6 +114,17 @@ class ShadowSubject:
     primary_model: ModelRef
     primary_score: float | None
     primary_decision: Decision
+
+
+class PrimaryAnswer(Protocol):
+    """What the shadow records of the primary's decision (a `ScoreResult`, a stored `DecisionRecord`)."""
+
+    @property
+    def model(self) -> ModelRef: ...
+    @property
+    def score(self) -> float | None: ...
+    @property
+    def decision(self) -> Decision: ...
 
 
 @dataclass(frozen=True)
@@ -142,7 +165,8 @@ class ShadowLane:
 
     `offer` never blocks. Failures never leave the lane: inference failures count as
     `dfguard_shadow_skipped_total{reason="failed"}`, sink failures (the store is down) as
-    `{reason="store_unavailable"}`. The lane owns `backend` and closes it.
+    `{reason="store_unavailable"}`, offers after `close` and work it drops as `{reason="shutdown"}`. The lane
+    owns `backend` and closes it.
     """
 
     def __init__(
@@ -153,12 +177,13 @@ class ShadowLane:
         self.sink = sink
         self.model_ref = shadow.model_ref
         self.policy = shadow.policy
-        self._untrained = any(not m.trained for m in shadow.models)
         self._queue: queue.Queue[ShadowWork | None] = queue.Queue(maxsize=maxsize)
         self._closed = threading.Event()
+        # Orders offers against `close`: an offer that saw the lane open is queued before the stop mark.
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dfguard-shadow", daemon=True)
         self._thread.start()
-        for reason in ("queue_full", "failed", "store_unavailable", "no_faces_cut"):
+        for reason in SKIP_REASONS:
             metrics.SHADOW_SKIPPED.labels(reason=reason)
 
     def models_for(self, sha256: str) -> Sequence[ModelManifest]:
@@ -167,32 +192,48 @@ class ShadowLane:
 
     def offer(self, work: ShadowWork) -> bool:
         """Queue `work` for the shadow if there is room; False (and counted) when it was skipped."""
-        if self._closed.is_set():
-            return False
         if not work.crops.crop_frames:  # no face: both arms would say allow without looking
             metrics.SHADOW_SKIPPED.labels(reason="no_faces_cut").inc()
             return False
-        try:
-            self._queue.put_nowait(work)
-        except queue.Full:
-            metrics.SHADOW_SKIPPED.labels(reason="queue_full").inc()
-            return False
+        with self._lock:
+            if self._closed.is_set():  # a medium still being scored when the lane closed
+                metrics.SHADOW_SKIPPED.labels(reason="shutdown").inc()
+                return False
+            try:
+                self._queue.put_nowait(work)
+            except queue.Full:
+                metrics.SHADOW_SKIPPED.labels(reason="queue_full").inc()
+                return False
         metrics.SHADOW_QUEUE_DEPTH.set(self._queue.qsize())
         return True
 
-    def judge(self, crops: CutCrops) -> tuple[float | None, Decision]:
-        """The shadow's score and decision on `crops`: one queued item's work, on the caller's thread."""
-        scores = self.backend.predict_many(crops.crops_by_model)
-        score = aggregate(
-            {m.name: scores[m.name].tolist() for m in self.shadow.models},
-            crops.crop_frames,
-            self.policy.aggregation,
+    def offer_scored(
+        self,
+        crops: CutCrops,
+        primary: PrimaryAnswer,
+        *,
+        source: ShadowSource,
+        tenant: str,
+        sha256: str,
+        video_id: str | None = None,
+        decision_id: int | None = None,
+    ) -> bool:
+        """`offer` the crops of a medium the primary has answered for (the gateway's and the worker's)."""
+        subject = ShadowSubject(
+            source=source,
+            tenant=tenant,
+            sha256=sha256,
+            video_id=video_id,
+            decision_id=decision_id,
+            primary_model=primary.model,
+            primary_score=primary.score,
+            primary_decision=primary.decision,
         )
-        extra = ["partially_decoded"] if crops.partial else []
-        if self._untrained:
-            extra.append("untrained_model")
-        verdict = decide(score, self.policy.thresholds, extra)
-        return verdict.score, verdict.decision
+        return self.offer(ShadowWork(subject, crops))
+
+    def judge(self, crops: CutCrops) -> Verdict:
+        """The shadow's verdict on `crops`: one queued item's work, on the caller's thread."""
+        return self.shadow.judge(self.backend, crops, self.policy)
 
     def _run(self) -> None:
         _lower_priority()
@@ -206,7 +247,7 @@ class ShadowLane:
     def _score(self, work: ShadowWork) -> None:
         subject = work.subject
         try:
-            score, decision = self.judge(work.crops)
+            verdict = self.judge(work.crops)
         except Exception as exc:  # noqa: BLE001 - the shadow must never take the service down
             log.warning(
                 "shadow scoring failed",
@@ -214,9 +255,9 @@ class ShadowLane:
             )
             metrics.SHADOW_SKIPPED.labels(reason="failed").inc()
             return
-        verdict = ShadowVerdict(subject, self.model_ref, score, decision, self.policy.thresholds)
+        score, decision = verdict.score, verdict.decision
         try:
-            self.sink(verdict)
+            self.sink(ShadowVerdict(subject, self.model_ref, score, decision, self.policy.thresholds))
         except Exception as exc:  # noqa: BLE001 - a store that is down loses this row, nothing else
             log.warning(
                 "shadow result not stored",
@@ -229,11 +270,12 @@ class ShadowLane:
             metrics.SHADOW_SCORE_DIFF.observe(score - subject.primary_score)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop taking work, finish what is queued within `timeout` seconds (the rest is dropped), release
-        the backend."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
+        """Stop taking work, finish what is queued within `timeout` seconds (the rest is dropped and counted
+        as `shutdown`), release the backend. Offers from then on are refused and counted as `shutdown`."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
         deadline = time.monotonic() + timeout
         while True:  # room for the stop mark, dropping queued work only once time runs out
             try:
@@ -258,4 +300,5 @@ class ShadowLane:
             except queue.Empty:
                 break
         if dropped:
+            metrics.SHADOW_SKIPPED.labels(reason="shutdown").inc(dropped)
             log.warning("shadow work dropped at shutdown", extra={"count": dropped})

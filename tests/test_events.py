@@ -9,9 +9,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+from pydantic import ValidationError
 
 from service.events import (
     FlagEvent,
+    FlagFace,
+    FlagFrame,
     FlagTimings,
     RevisionNotExpressible,
     encode_flag_event,
@@ -70,6 +73,28 @@ def test_v2_is_open_to_added_fields_at_every_level_and_the_reader_ignores_them()
     assert schema_version_of(raw) == 2
     with pytest.raises(RevisionNotExpressible, match="DFG_FLAGS_SCHEMA_VERSION=2"):
         encode_flag_event(revision, 1)
+
+
+def test_the_v2_reader_ignores_fields_added_inside_nested_objects_and_v1_stays_closed() -> None:
+    frame = FlagFrame(index=3, time_s=0.1, score=0.9, faces=[FlagFace(box=(1.0, 2.0, 3.0, 4.0), score=0.9)])
+    revision = _event(top_frames=[frame])
+    doc = json.loads(encode_flag_event(revision, 2))
+    doc["timings_ms"]["queue"] = 3.0
+    doc["model"]["digest"] = "sha256:ab"
+    doc["top_frames"][0]["faces"][0]["landmarks"] = [[1, 2]]
+    doc["top_frames"][0]["blur"] = 0.2
+    _validator(2).validate(doc)
+    assert parse_flag_event(json.dumps(doc)) == revision
+    bad = json.loads(encode_flag_event(revision, 2))
+    bad["timings_ms"]["total"] = "slow"
+    with pytest.raises(ValidationError):
+        parse_flag_event(json.dumps(bad))  # known fields are still validated
+    v1 = json.loads(encode_flag_event(revision, 1))
+    v1["model"]["digest"] = "sha256:ab"
+    with pytest.raises(ValidationError):
+        parse_flag_event(json.dumps(v1))  # v1 stays closed, as its schema says
+    with pytest.raises(jsonschema.ValidationError):
+        _validator(1).validate(v1)
 
 
 def test_revision_ids_are_stable_and_revision_1_keeps_the_id_it_always_had() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect, text
@@ -146,6 +147,30 @@ def test_a_create_all_database_with_data_upgrades_in_place(new_database: NewData
     store.close()
     with engine_for(url).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+
+
+def test_downgrading_0004_and_0003_keeps_the_decisions_and_their_frame_hashes(
+    new_database: NewDatabase,
+) -> None:
+    """The downgrades drop columns in place: a rebuilt `decisions` table would cascade (foreign keys on)."""
+    url = new_database()
+    store = DecisionStore(url)
+    store.put(new_decision("kept", decision="flag", hashes=(1, 2, 3)))
+    store.close()
+    engine = engine_for(url)  # as the store opens it: SQLite with foreign keys on
+    with engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0002")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM frame_hashes")).scalar_one() == 3
+        assert conn.execute(text("SELECT video_id FROM decisions")).scalars().all() == ["kept"]
+    columns = {c["name"] for c in inspect(engine).get_columns("decisions")}
+    assert not columns & {"source_uri", "revision"}
+    assert migrate.current(engine) == "0002"
+    migrate.upgrade(engine)  # and back up, data intact
+    engine.dispose()
+    again = DecisionStore(url)
+    assert again.find_near_flagged((1, 2, 3), 0, 1.0) is not None
+    again.close()
 
 
 def test_concurrent_starters_migrate_once(new_database: NewDatabase) -> None:

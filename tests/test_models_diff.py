@@ -22,6 +22,7 @@ from service.models import BUILTIN_DIR, DEFAULT_ENSEMBLE
 from service.models_diff import (
     DiffInputError,
     FolderDiff,
+    ModelFilter,
     StoreDiff,
     Window,
     parse_time,
@@ -44,6 +45,7 @@ def _row(
     *,
     tenant: str = "acme",
     source: str = "worker",
+    shadow_model: tuple[str, str] = ("candidate", "1"),
 ) -> dict[str, Any]:
     return {
         "decision_id": None,
@@ -55,8 +57,8 @@ def _row(
         "primary_model_version": "2.0.0",
         "primary_score": primary[0],
         "primary_decision": primary[1],
-        "shadow_model_name": "candidate",
-        "shadow_model_version": "1",
+        "shadow_model_name": shadow_model[0],
+        "shadow_model_version": shadow_model[1],
         "shadow_score": shadow[0],
         "shadow_decision": shadow[1],
         "shadow_review_threshold": 0.5,
@@ -190,6 +192,8 @@ def test_store_unavailable_is_a_typed_error_not_a_traceback(
         (["--since", "1h", "--until", "2h"], "empty window"),
         (["--labels", "x.csv"], "go with --folder"),
         (["--limit", "-1"], "--limit must be 0 or more"),
+        (["--since", "1000000w"], "before the year 1"),  # past datetime's range: no OverflowError
+        (["--shadow-model", "candidate:"], "NAME or NAME:VERSION"),
     ],
 )
 def test_bad_store_arguments_exit_2(
@@ -207,6 +211,70 @@ def test_parse_time() -> None:
     assert parse_time("2025-06-01T12:00:00+02:00", NOW) == datetime(2025, 6, 1, 10, tzinfo=UTC)
     with pytest.raises(DiffInputError):
         parse_time("-1h", NOW)
+    for huge in ("1000000w", "99999999999999999999w", "9999999999999d"):
+        with pytest.raises(DiffInputError, match="before the year 1"):
+            parse_time(huge, NOW)
+
+
+def test_several_model_pairs_are_flagged_and_filtered(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One matrix over two candidates would mix them: the report says so, and the filters keep one."""
+    store = DecisionStore(store_url)
+    later = ("candidate", "2")
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                insert(ShadowRow),
+                [
+                    _row(
+                        "v2-a", (0.1, "allow"), (0.9, "flag"), NOW - timedelta(minutes=30), shadow_model=later
+                    ),
+                    _row(
+                        "v2-b",
+                        (0.1, "allow"),
+                        (0.1, "allow"),
+                        NOW - timedelta(minutes=20),
+                        shadow_model=later,
+                    ),
+                    _row(
+                        "other",
+                        (0.1, "allow"),
+                        (0.9, "flag"),
+                        NOW - timedelta(minutes=10),
+                        shadow_model=("x", "1"),
+                    ),
+                ],
+            )
+        mixed = store_diff(store.engine, DAY)
+        assert mixed.n == 8 and len(mixed.models) == 3
+        assert len(mixed.warnings) == 1 and "3 (primary, shadow) model pairs" in mixed.warnings[0]
+        v2 = store_diff(store.engine, DAY, shadow_model=ModelFilter.parse("candidate:2"))
+        assert (v2.n, v2.changed, v2.warnings) == (2, 1, [])
+        assert [i.video_id for i in v2.items] == ["v2-a"]
+        named = store_diff(store.engine, DAY, shadow_model=ModelFilter.parse("candidate"))
+        assert named.n == 7 and len(named.warnings) == 1  # both versions of the candidate: still mixed
+        v1 = store_diff(
+            store.engine,
+            DAY,
+            primary_model=ModelFilter.parse("dfguard-default:2.0.0"),
+            shadow_model=ModelFilter.parse("candidate:1"),
+        )
+        assert (v1.n, v1.changed, v1.warnings) == (5, 3, [])
+        assert store_diff(store.engine, DAY, primary_model=ModelFilter.parse("dfguard-default:9")).n == 0
+    finally:
+        store.close()
+    window = ["--since", "2025-05-31T12:00:00Z", "--until", NOW.isoformat()]
+    code, out, _ = _cli(capsys, "--database-url", store_url, *window)
+    assert code == 0 and "warning: 3 (primary, shadow) model pairs" in out
+    code, out, _ = _cli(
+        capsys, "--database-url", store_url, *window, "--shadow-model", "candidate:2", "--json"
+    )
+    doc = json.loads(out)
+    assert code == 0 and doc["n"] == 2 and doc["warnings"] == []
+    assert doc["shadow_model"] == {"name": "candidate", "version": "2"} and doc["primary_model"] is None
+    code, out, _ = _cli(capsys, "--database-url", store_url, *window, "--shadow-model", "candidate:2")
+    assert code == 0 and ", shadow candidate:2: 2" in out and "warning" not in out
 
 
 def test_read_labels(tmp_path: Path) -> None:
@@ -310,6 +378,52 @@ def test_folder_diff_matches_scoring_the_file_directly(
     expected = -math.log(direct.score)
     assert d.candidate.log_loss == pytest.approx(expected, abs=1e-5)
     assert d.candidate.decisions[direct.decision] == 1
+
+
+def test_the_candidate_is_judged_as_the_live_shadow_without_the_primarys_overrides(
+    labelled_folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`DFG_REVIEW_THRESHOLD` / `DFG_FLAG_THRESHOLD` are the primary's: with the same model on both sides the
+    scores agree (one decode, the same faces), and only the primary's decisions follow the override."""
+    monkeypatch.setenv("DFG_REVIEW_THRESHOLD", "0")
+    monkeypatch.setenv("DFG_FLAG_THRESHOLD", "0")
+    labels = labelled_folder / "faces.csv"
+    labels.write_text("face.mp4,real\nhopper.jpg,fake\n")
+    model = str(UNTRAINED)
+    code, out, _ = _cli(
+        capsys,
+        *("--folder", str(labelled_folder / "media"), "--labels", str(labels)),
+        *("--primary", model, "--candidate", model, "--json"),
+    )
+    assert code == 0
+    d = FolderDiff.model_validate(json.loads(out))
+    assert (d.primary.thresholds.review, d.primary.thresholds.flag, d.primary.thresholds.source) == (
+        0.0,
+        0.0,
+        "settings",
+    )
+    assert d.primary.decisions == {"allow": 0, "review": 0, "flag": 2}, "every score is at or above 0"
+    assert d.candidate.thresholds.source != "settings" and d.candidate.thresholds.review == 0.5
+    assert d.candidate.log_loss == d.primary.log_loss and d.candidate.auc == d.primary.auc  # the same scores
+    assert d.candidate.decisions != d.primary.decisions
+    assert d.items and all(c.candidate_score == c.primary_score for c in d.items)
+
+
+def test_a_backend_outage_stops_the_folder_diff(
+    labelled_folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Triton that refuses connections is not every file's fault: exit 1 with the outage, no report."""
+    monkeypatch.setenv("DFG_BACKEND", "triton")
+    monkeypatch.setenv("DFG_TRITON_URL", "127.0.0.1:1")  # nothing listens on port 1
+    monkeypatch.setenv("DFG_TRITON_RETRIES", "0")
+    code, out, _ = _cli(
+        capsys,
+        *("--folder", str(labelled_folder / "media"), "--labels", str(labelled_folder / "labels.csv")),
+        *("--candidate", str(UNTRAINED), "--json"),
+    )
+    error = json.loads(out)["error"]
+    assert code == 1 and error["code"] == "backend_unavailable"
+    assert error["message"].startswith("models diff stopped at face.mp4:")
 
 
 def test_folder_diff_input_errors(labelled_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

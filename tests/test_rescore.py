@@ -7,6 +7,7 @@ face is `allow` either way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,11 +36,14 @@ from devtools.kafka_tools import (
     worker_settings,
 )
 from devtools.records import new_decision
+from service import cli, compose, rescore
 from service.config import Settings
-from service.events import flag_event_id, parse_flag_event
+from service.events import FlagTimings, flag_event_id, parse_flag_event
+from service.metrics import REVISIONS_PENDING
 from service.pipeline import Pipeline
 from service.schemas import UsedThresholds
 from service.store import DecisionStore, NewDecision
+from service.store.revisions import Redecision
 from service.worker import build_worker
 
 pytestmark = pytest.mark.kafka
@@ -249,6 +253,185 @@ def test_a_rescore_killed_mid_run_and_rerun_leaves_exactly_one_revision_each(
         assert emitted, f"{v}: revision 2 was never produced"
         latest = store.get("acme", v)
         assert latest is not None and set(emitted) == {latest.flag_event_json}, "one revision, maybe twice"
+
+
+def _allow(pipeline: Pipeline) -> Redecision:
+    """A re-decision to `allow` (what `dfguard rescore` stores at review = flag = 1)."""
+    return Redecision(
+        decision="allow",
+        score=0.1,
+        reasons=[],
+        origin="scored",
+        model=pipeline.model_ref,
+        thresholds=UsedThresholds(review=1.0, flag=1.0, source="settings"),
+        aggregation=pipeline.policy.aggregation,
+        top_frames=[],
+        timings=FlagTimings(fetch=1.0, total=2.0),
+    )
+
+
+def _pending_revision(store: DecisionStore, pipeline: Pipeline, video_id: str, clip: Path) -> bytes:
+    """A revision stored by a real `revise` and left unproduced (as a rescore killed right after it)."""
+    _stored_flag(store, pipeline, video_id, clip)
+    stored = store.get("acme", video_id)
+    assert stored is not None
+    (revised,) = store.revise(stored.id, 1, _allow(pipeline))
+    assert [p.id for p in store.pending_emissions()] == [revised.id]
+    return revised.value
+
+
+def test_a_running_worker_produces_revisions_left_pending_and_marks_them_emitted(
+    kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root, worker_outbox_interval_seconds=0.2)
+    store = DecisionStore(s.database_url)
+    with running_worker(build_worker(s, pipeline, store)):
+        value = _pending_revision(store, pipeline, "left", media_root / "b.mp4")  # after the first pass
+        (record,) = read_topic(kafka.bootstrap, topics.flags, 1)
+        deadline = time.monotonic() + 30
+        while store.pending_emissions():
+            assert time.monotonic() < deadline, "never marked emitted"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while REVISIONS_PENDING._value.get() != 0:
+            assert time.monotonic() < deadline, "gauge not refreshed"
+            time.sleep(0.05)
+    assert record.value == value and record.key == b"left"
+    assert dict(record.headers)["schema_version"] == b"2"
+    event = parse_flag_event(record.value)
+    assert (event.revision, event.decision) == (2, "allow")
+    assert len(read_to_end(kafka.bootstrap, topics.flags)) == 1, "produced once"
+
+
+def test_rescore_first_produces_revisions_left_pending_and_a_dry_run_counts_them(
+    kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root)
+    store = DecisionStore(s.database_url)
+    value = _pending_revision(store, pipeline, "left", media_root / "b.mp4")
+
+    dry = _report(_rescore(kafka, topics, s, "--dry-run"))
+    assert (dry["pending"], dry["resumed"], dry["emitted"]) == (1, 0, 0)
+    assert read_to_end(kafka.bootstrap, topics.flags) == []
+
+    report = _report(_rescore(kafka, topics, s, "--tenant", "nobody"))  # selects nothing: only the drain
+    assert (report["pending"], report["resumed"], report["emitted"], report["selected"]) == (1, 1, 1, 0)
+    (record,) = read_to_end(kafka.bootstrap, topics.flags)
+    assert record.value == value and record.key == b"left"
+    assert store.pending_emissions() == []
+
+
+def test_a_medium_replaced_behind_its_uri_is_reported_and_not_re_decided(
+    kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root)
+    store = DecisionStore(s.database_url)
+    clip = media_root / "replaced.mp4"
+    shutil.copyfile(media_root / "b.mp4", clip)
+    base = new_decision("replaced", decision="flag", sha=hashlib.sha256(clip.read_bytes()).hexdigest())
+    flag = base.flag.model_copy(update={"event_id": flag_event_id("acme", "replaced")})
+    store.put(
+        NewDecision(
+            tenant="acme",
+            origin="scored",
+            thresholds=UsedThresholds(review=0.0, flag=0.0, source="settings"),
+            aggregation=pipeline.policy.aggregation,
+            sha256=base.sha256,
+            flag=flag,
+            source_uri=file_uri(clip),
+        )
+    )
+    shutil.copyfile(media_root / "c.mp4", clip)  # other bytes behind the same URI (would be `allow`)
+
+    report = _report(_rescore(kafka, topics, s))
+    assert (report["media_changed"], report["rescored"], report["changed"], report["emitted"]) == (1, 0, 0, 0)
+    assert [(p["video_id"], p["code"]) for p in report["changed_media"]] == [("replaced", "media_changed")]
+    stored = store.get("acme", "replaced")
+    assert stored is not None and stored.revision == 1 and stored.record.decision == "flag", "it stands"
+    assert read_to_end(kafka.bootstrap, topics.flags) == []
+
+
+def test_rescore_cli_rejects_bad_arguments_with_exit_2(kafka: KafkaBroker, tmp_path: Path) -> None:
+    topics = Topics.fresh()
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, tmp_path)
+    proc = _rescore(kafka, topics, s, "--since", "garbage")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err[-2000:]
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_request" and "garbage" in error["message"]
+    for bad in (["--limit", "0"], ["--limit", "x"], ["--after-id", "-1"]):
+        proc = _rescore(kafka, topics, s, *bad)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and bad[0] in err, bad
+
+
+def test_one_decision_failing_with_an_os_error_is_reported_and_the_run_exits_1(
+    pipeline: Pipeline,
+    media_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = DecisionStore(f"sqlite:///{tmp_path / 'decisions.sqlite3'}")
+    _stored_flag(store, pipeline, "broken", media_root / "b.mp4")
+    _stored_flag(store, pipeline, "fine", media_root / "c.mp4")
+    store.close()
+    for name, value in {
+        "DFG_DATABASE_URL": f"sqlite:///{tmp_path / 'decisions.sqlite3'}",
+        "DFG_FILE_URI_ROOT": str(media_root),
+        **_ALLOW_ALL,
+    }.items():
+        monkeypatch.setenv(name, value)
+    real_fetch = rescore.fetch_to_file_sync
+
+    def fetch(uri: str, dest: Path, *args: Any, **kw: Any) -> Any:
+        if uri.endswith("b.mp4"):
+            raise OSError(28, "No space left on device")
+        return real_fetch(uri, dest, *args, **kw)
+
+    monkeypatch.setattr(rescore, "fetch_to_file_sync", fetch)
+    monkeypatch.setattr(compose, "build_pipeline", lambda s, **kw: _pipeline(pipeline, s))
+    assert cli.main(["rescore", "--dry-run", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["failed"], report["changed"]) == (1, 1)
+    (failure,) = report["failures"]
+    assert failure["video_id"] == "broken" and "No space left on device" in failure["message"]
+    assert report["last_id"] is not None
+
+
+def test_limited_batches_walk_the_table_with_after_id(
+    pipeline: Pipeline,
+    media_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dry run's changes are never stored, so without a cursor `--limit 1` would select the same one."""
+    url = f"sqlite:///{tmp_path / 'decisions.sqlite3'}"
+    store = DecisionStore(url)
+    for v in ("first", "second"):
+        _stored_flag(store, pipeline, v, media_root / "c.mp4")
+    store.close()
+    for name, value in {"DFG_DATABASE_URL": url, "DFG_FILE_URI_ROOT": str(media_root), **_ALLOW_ALL}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(compose, "build_pipeline", lambda s, **kw: _pipeline(pipeline, s))
+
+    def batch(*args: str) -> dict[str, Any]:
+        assert cli.main(["rescore", "--dry-run", "--json", "--limit", "1", *args]) == 0
+        report: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return report
+
+    one = batch()
+    two = batch("--after-id", str(one["last_id"]))
+    three = batch("--after-id", str(two["last_id"]))
+    assert [c["video_id"] for r in (one, two, three) for c in r["changes"]] == ["first", "second"]
+    assert two["last_id"] > one["last_id"] and (three["selected"], three["last_id"]) == (0, None)
 
 
 def test_rescore_refuses_flag_events_of_schema_version_1(kafka: KafkaBroker, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -196,6 +198,38 @@ def test_the_lane_scores_at_the_lowest_cpu_priority(
     release.set()
 
 
+def test_offers_racing_close_are_all_scored_or_counted() -> None:
+    """Executor threads still scoring when the lane closes: each offer is either scored, or refused and
+    counted (`shutdown`, `queue_full`); none is queued behind the stop mark and lost unseen."""
+    stored: list[ShadowVerdict] = []
+    lane = build_shadow_lane(
+        Settings(shadow_model_paths=[SHADOW], shadow_sample=1.0, shadow_queue=4), stored.append
+    )
+    assert lane is not None
+    before = {r: _metric("dfguard_shadow_skipped_total", reason=r) for r in ("shutdown", "queue_full")}
+    accepted: list[bool] = []
+    go = threading.Event()
+
+    def offer_many() -> None:
+        go.wait(10)
+        accepted.extend(lane.offer(_work(crops=1)) for _ in range(25))
+
+    threads = [threading.Thread(target=offer_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    lane.close(timeout=60)
+    for t in threads:
+        t.join(30)
+    assert len(accepted) == 100
+    refused = sum(_metric("dfguard_shadow_skipped_total", reason=r) - before[r] for r in before)
+    assert len(stored) == sum(accepted), "every accepted offer was scored before the lane stopped"
+    assert refused == 100 - sum(accepted), "every refused offer was counted"
+    shut = _metric("dfguard_shadow_skipped_total", reason="shutdown")
+    assert not lane.offer(_work())
+    assert _metric("dfguard_shadow_skipped_total", reason="shutdown") == shut + 1
+
+
 def test_failures_stay_in_the_lane(
     blocked_lane: tuple[ShadowLane, list[ShadowVerdict], threading.Event, threading.Event],
 ) -> None:
@@ -221,24 +255,25 @@ def test_failures_stay_in_the_lane(
 
 
 @pytest.fixture(scope="module")
-def shadow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def shadow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Any]]:
     db = f"sqlite:///{tmp_path_factory.mktemp('shadow-gw') / 'decisions.sqlite3'}"
     settings = Settings(
         database_url=db,
         shadow_model_paths=[SHADOW],
         shadow_sample=1.0,
+        shadow_queue=1,
         api_keys={"key-a": "acme"},
         workers=2,
     )
     with gateway(settings) as (url, app):
         assert app.state.shadow is not None
-        yield url, db
+        yield url, db, app
 
 
 def test_gateway_score_stores_a_shadow_row_after_answering(
-    shadow_gateway: tuple[str, str], face_clip: Path
+    shadow_gateway: tuple[str, str, Any], face_clip: Path
 ) -> None:
-    url, db = shadow_gateway
+    url, db, _ = shadow_gateway
     before = len(_rows(db))
     diffs = _metric("dfguard_shadow_score_difference_count")
     with open(face_clip, "rb") as fh:
@@ -273,8 +308,8 @@ def test_gateway_score_stores_a_shadow_row_after_answering(
     assert line in exposed
 
 
-def test_gateway_job_shadow_row_names_the_job(shadow_gateway: tuple[str, str], face_clip: Path) -> None:
-    url, db = shadow_gateway
+def test_gateway_job_shadow_row_names_the_job(shadow_gateway: tuple[str, str, Any], face_clip: Path) -> None:
+    url, db, _ = shadow_gateway
     auth = {"authorization": "Bearer key-a"}
     with open(face_clip, "rb") as fh:
         resp = httpx.post(f"{url}/v1/jobs", files={"file": (face_clip.name, fh)}, headers=auth, timeout=60)
@@ -288,6 +323,98 @@ def test_gateway_job_shadow_row_names_the_job(shadow_gateway: tuple[str, str], f
     wait_until(lambda: any(r.video_id == job_id for r in _rows(db)), 60, what="the job's shadow row")
     row = next(r for r in _rows(db) if r.video_id == job_id)
     assert row.source == "gateway" and row.tenant == "acme" and row.decision_id is None
+
+
+def _blocking(sink: Any, entered: threading.Event, release: threading.Event) -> Any:
+    """`sink`, once `release` is set: the lane's thread waits in it, as behind a very slow shadow."""
+
+    def blocked(verdict: ShadowVerdict) -> object:
+        entered.set()
+        assert release.wait(120)
+        return sink(verdict)
+
+    return blocked
+
+
+def test_a_stuck_shadow_never_holds_up_the_gateway(
+    shadow_gateway: tuple[str, str, Any], face_clip: Path
+) -> None:
+    """With the lane stuck in its sink, `/v1/score` still answers, and media past DFG_SHADOW_QUEUE (1) are
+    skipped and counted: were the shadow scored on the request's path, the first request would hang."""
+    url, db, app = shadow_gateway
+    lane: ShadowLane = app.state.shadow
+    before = len(_rows(db))
+    full = _metric("dfguard_shadow_skipped_total", reason="queue_full")
+    entered, release = threading.Event(), threading.Event()
+    original = lane.sink
+    lane.sink = _blocking(original, entered, release)
+    try:
+        for i in range(4):
+            with open(face_clip, "rb") as fh:
+                resp = httpx.post(
+                    f"{url}/v1/score",
+                    files={"file": (face_clip.name, fh)},
+                    headers={"authorization": "Bearer key-a"},
+                    timeout=120,
+                )
+            assert resp.status_code == 200, resp.text
+            if i == 0:
+                assert entered.wait(60), "the lane took the first medium and is stuck in its sink"
+        # The first medium is in the sink, the second holds the one place in the queue, two were skipped.
+        assert _metric("dfguard_shadow_skipped_total", reason="queue_full") == full + 2
+        assert _metric("dfguard_shadow_queue_depth") == 1
+        assert len(_rows(db)) == before, "nothing stored while the lane is stuck"
+    finally:
+        release.set()
+        lane.sink = original
+    wait_until(lambda: len(_rows(db)) == before + 2, 60, what="the two accepted media stored")
+
+
+def test_a_request_past_its_deadline_offers_nothing(
+    pipeline: Pipeline, face_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 504 delivered no primary decision: its medium is not shadowed, although its scoring finished."""
+    from service.api.scoring import ScoringService
+    from service.errors import DeadlineExceeded
+
+    cut: list[bool] = []
+    score_file_with = pipeline.score_file_with
+
+    def scored(path: Path, extra: Any) -> Any:
+        got = score_file_with(path, extra)
+        cut.append(got.extra is not None)
+        return got
+
+    monkeypatch.setattr(pipeline, "score_file_with", scored)
+    stored: list[ShadowVerdict] = []
+    s = Settings(shadow_model_paths=[SHADOW], shadow_sample=1.0, workers=1)
+    lane = build_shadow_lane(s, stored.append)
+    assert lane is not None
+    service = ScoringService(s, pipeline, lane)
+
+    async def score(seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        await service.score(face_clip, loop.time() + seconds, "acme")
+
+    try:
+        with pytest.raises(DeadlineExceeded):
+            asyncio.run(score(0.05))  # a slot at once, then far less than the clip takes
+        service.executor.shutdown(wait=True)  # the timed-out scoring ran to its end
+        assert cut == [True], "the medium was scored and its shadow crops cut"
+        lane.close(timeout=30)
+        assert stored == []
+    finally:
+        service.close()
+        lane.close(timeout=30)
+    lane = build_shadow_lane(s, stored.append)
+    assert lane is not None
+    service = ScoringService(s, pipeline, lane)
+    try:
+        asyncio.run(score(120))  # answered in time: shadowed
+        wait_until(lambda: len(stored) == 1, 60, what="the answered medium's shadow verdict")
+    finally:
+        service.close()
+        lane.close(timeout=30)
 
 
 # --- the worker -------------------------------------------------------------------------------------------
@@ -339,3 +466,56 @@ def test_worker_stores_shadow_rows_beside_decisions_and_emits_nothing_more(
     assert row.primary_decision == stored.record.decision and row.primary_score == stored.record.score
     assert row.primary_model_name == stored.record.model.name and row.shadow_model_name == SHADOW_NAME
     assert uris == {"vid-1": uri, "vid-2": uri}, "every worker decision records where its media came from"
+
+
+@pytest.mark.kafka
+def test_a_stuck_shadow_never_holds_up_the_worker(
+    kafka: KafkaBroker, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Flag events keep arriving on the real topic while the worker's shadow lane is stuck in its sink, and
+    media past DFG_SHADOW_QUEUE (1) are skipped and counted."""
+    media_root = tmp_path / "uploads"
+    media_root.mkdir()
+    photo = Image.fromarray(mf.face_photos()["grace_hopper"])
+    uris = []
+    for quality in (95, 90, 85):  # three different media: reposts are not shadowed
+        path = media_root / f"hopper-{quality}.jpg"
+        photo.save(path, quality=quality)
+        uris.append(file_uri(path))
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(
+        kafka.bootstrap,
+        topics,
+        tmp_path,
+        media_root,
+        shadow_model_paths=[SHADOW],
+        shadow_sample=1.0,
+        shadow_queue=1,
+    )
+    stored: list[ShadowVerdict] = []
+    entered, release = threading.Event(), threading.Event()
+    lane = build_shadow_lane(s, _blocking(stored.append, entered, release))  # as `serve --with-worker` shares
+    assert lane is not None
+    full = _metric("dfguard_shadow_skipped_total", reason="queue_full")
+    producer = Producer(kafka.bootstrap)
+    try:
+        with running_worker(build_worker(s, pipeline, shadow=lane)):
+            producer.send(topics.uploads, upload_event("vid-1", uris[0]))
+            assert len(read_topic(kafka.bootstrap, topics.flags, 1)) == 1
+            assert entered.wait(60), "the lane took the first medium and is stuck in its sink"
+            producer.send(topics.uploads, upload_event("vid-2", uris[1]))
+            producer.send(topics.uploads, upload_event("vid-3", uris[2]))
+            assert len(read_topic(kafka.bootstrap, topics.flags, 3)) == 3, (
+                "flags go out while the lane is stuck"
+            )
+            assert not release.is_set() and not stored
+            assert _metric("dfguard_shadow_skipped_total", reason="queue_full") == full + 1
+            release.set()
+            wait_until(lambda: len(stored) == 2, 60, what="the two accepted media scored")
+    finally:
+        release.set()
+        producer.close()
+        lane.close(timeout=30)
+    assert {v.subject.video_id for v in stored} < {"vid-1", "vid-2", "vid-3"}
+    assert all(v.subject.source == "worker" for v in stored)

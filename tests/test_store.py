@@ -6,13 +6,18 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from devtools import media_factory as mf
 from devtools.postgres_server import PostgresServer
@@ -28,8 +33,9 @@ from service.events import (
 from service.fingerprint import frame_hashes, match_fraction, to_signed, to_unsigned
 from service.media import load_media
 from service.schemas import Decision, ModelRef, UsedThresholds
-from service.store import DecisionStore, NewDecision
-from service.store.revisions import Redecision, StaleRevision
+from service.store import DecisionStore, NewDecision, revisions
+from service.store.revisions import PendingRevision, Redecision, Selection, StaleRevision
+from service.store.tables import DecisionRevisionRow, FrameHashRow
 from service.worker.offsets import PartitionOffsets
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
@@ -259,6 +265,143 @@ def test_exact_reposts_and_the_near_duplicate_index_follow_a_revision(store: Dec
     store.revise(original.id, 2, _redecision("flag"))
     back = store.find_near_flagged(fake, 4, 0.75)
     assert back is not None and back.record.video_id == "orig" and back.revision == 3
+
+
+def test_a_lookup_that_read_a_video_unflagged_keeps_hashes_a_re_flag_added_meanwhile(
+    store: DecisionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving, made deterministic: lookup A reads X as allowed; before A drops X from the index, a
+    re-decision flags X again and lookup B's refresh takes X's new hash rows. X must stay findable."""
+    fake = _random_hashes(11)
+    x, _ = store.put(_new("x", decision="flag", hashes=fake))
+    assert store.find_near_flagged(fake, 4, 0.75) is not None
+    store.revise(x.id, 1, _redecision("allow"))
+    forget = store._forget
+
+    def meanwhile(decision_id: int, read_after: int) -> None:
+        store.revise(x.id, 2, _redecision("flag"))  # another process flags X again
+        store._refresh_flagged()  # another thread's lookup reads the new rows
+        forget(decision_id, read_after)
+
+    monkeypatch.setattr(store, "_forget", meanwhile)
+    assert store.find_near_flagged(fake, 4, 0.75) is None, "A read X as allowed"
+    monkeypatch.undo()
+    found = store.find_near_flagged(fake, 4, 0.75)
+    assert found is not None and found.record.video_id == "x" and found.revision == 3
+
+
+def test_only_the_revision_key_is_a_stale_revision_other_integrity_errors_propagate(
+    store: DecisionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = store.put(_new("k", decision="flag"))
+    with store.engine.begin() as conn:  # another run's revision 2, its `decisions` update not yet seen
+        conn.execute(
+            insert(DecisionRevisionRow).values(
+                decision_id=first.id,
+                revision=2,
+                flag_event_id="other-run",
+                decision="allow",
+                reasons=[],
+                origin="scored",
+                model_name="m",
+                model_version="2",
+                review_threshold=0.3,
+                flag_threshold=0.9,
+                aggregation="confident",
+                flag_event="{}",
+                decided_at=datetime.now(UTC),
+            )
+        )
+    with pytest.raises(StaleRevision, match="exists already"):
+        store.revise(first.id, 1, _redecision("allow"))
+
+    other, _ = store.put(_new("k2", decision="flag"))
+
+    def broken(s: Session, *args: Any) -> None:  # e.g. a bug writing hashes of a decision that is not there
+        s.execute(insert(FrameHashRow).values(decision_id=10**9, flagged=True, hash=1))
+        s.flush()
+
+    monkeypatch.setattr(revisions, "_mark_hashes", broken)
+    with pytest.raises(IntegrityError) as raised:
+        store.revise(other.id, 1, _redecision("allow"))
+    assert not isinstance(raised.value, StaleRevision)
+    assert store.get("acme", "k2") is not None and store.revisions("acme", "k2")[-1].revision == 1
+
+
+def test_a_repost_stored_with_the_verdict_before_a_revision_is_brought_to_follow_it(
+    store: DecisionStore,
+) -> None:
+    """The race: a live worker reused the original's verdict just before `revise` committed, and stored the
+    repost after (so `revise` did not see it). A later re-score revises it to follow."""
+    sha = "cd" * 32
+    original, _ = store.put(_new("orig", decision="flag", sha=sha))
+    store.revise(original.id, 1, _redecision("allow"))
+    late, _ = store.put(_repost("late", "duplicate_of:orig"))  # the verdict read before: flag
+    unrelated, _ = store.put(_repost("unrelated", "duplicate_of:another"))
+    assert store.lagging_original(late.id) == ("orig", "allow")
+    assert store.lagging_original(unrelated.id) is None, "not a repost of a stored original"
+    (followed,) = store.follow_original(late.id, 1)
+    assert (followed.event.revision, followed.event.decision) == (2, "allow")
+    assert followed.event.reasons == ["duplicate_of:orig", "rescored"]
+    now = store.get("acme", "late")
+    assert now is not None and now.revision == 2 and now.record.origin == "duplicate"
+    assert store.lagging_original(late.id) is None and store.follow_original(late.id, 2) == []
+    with pytest.raises(StaleRevision):
+        store.follow_original(late.id, 1)
+
+
+def test_candidates_page_through_by_id_and_resume_after_a_cursor(store: DecisionStore) -> None:
+    ids = [store.put(_new(f"p{i}", decision="flag" if i % 2 else "allow"))[0].id for i in range(7)]
+
+    def walk(sel: Selection, page: int) -> list[int]:
+        return [c.id for c in revisions.candidates(store.engine, sel, page=page)]
+
+    assert walk(Selection(), 2) == ids
+    assert walk(Selection(limit=3), 2) == ids[:3]
+    assert walk(Selection(limit=3, after_id=ids[2]), 2) == ids[3:6]
+    assert walk(Selection(decisions=frozenset({"flag"}), after_id=ids[1]), 1) == ids[3::2]
+    assert [c.video_id for c in store.candidates(Selection(after_id=ids[5]))] == ["p6"]
+
+
+def test_drain_marks_only_what_was_produced_and_a_failed_batch_stays_pending(store: DecisionStore) -> None:
+    for v in ("d1", "d2"):
+        stored, _ = store.put(_new(v, decision="flag"))
+        store.revise(stored.id, 1, _redecision("allow"))
+    assert store.pending_count() == 2
+
+    def broker_down(batch: list[PendingRevision]) -> None:
+        raise OSError("broker down")
+
+    with pytest.raises(OSError):
+        store.drain_pending(broker_down)
+    assert store.pending_count() == 2, "nothing marked without an acknowledgement"
+
+    produced: list[str] = []
+    assert store.drain_pending(lambda batch: produced.extend(p.video_id for p in batch)) == 2
+    assert produced == ["d1", "d2"] and store.pending_count() == 0
+    assert store.drain_pending(lambda batch: produced.extend(p.video_id for p in batch)) == 0
+
+
+@pytest.mark.postgres
+def test_concurrent_drains_on_postgresql_do_not_share_rows(postgres: PostgresServer) -> None:
+    a, b = DecisionStore(postgres.url), DecisionStore(postgres.url)
+    try:
+        stored, _ = a.put(_new("race", decision="flag"))
+        a.revise(stored.id, 1, _redecision("allow"))
+        seen_by_b: list[int] = []
+
+        def produce_a(batch: list[PendingRevision]) -> None:  # b drains while a holds its claim
+            assert b.drain_pending(lambda other: seen_by_b.extend(p.id for p in other)) == 0
+
+        assert a.drain_pending(produce_a) == 1
+        assert seen_by_b == [] and a.pending_count() == 0
+    finally:
+        with a.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions RESTART IDENTITY"
+            )
+        a.close()
+        b.close()
 
 
 def test_flag_events_are_stored_in_the_configured_schema_version(store: DecisionStore) -> None:

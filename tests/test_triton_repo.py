@@ -105,11 +105,19 @@ def test_a_shadow_member_under_a_taken_name_must_be_the_same_model(tmp_path: Pat
         build_repo([DEFAULT_MODEL], tmp_path / "repo", "gpu", shadow_paths=[impostor / "model.json"])
 
 
-def test_a_build_without_shadow_removes_a_stale_shadow_ensemble(tmp_path: Path) -> None:
+def test_a_build_without_shadow_removes_a_stale_shadow_ensemble_and_its_members(tmp_path: Path) -> None:
     build_repo([UNTRAINED_MANIFEST], tmp_path, "gpu", copy_models=False, shadow_paths=[DEFAULT_MODEL])
     assert (tmp_path / "shadow_ensemble" / "config.pbtxt").is_file()
+    shadow_only = json.loads(DEFAULT_MODEL.read_text())["name"]
+    primary = json.loads(UNTRAINED_MANIFEST.read_text())["name"]
+    assert (tmp_path / shadow_only / "config.pbtxt").is_file()
+    mine = tmp_path / "operator-model"  # a folder the generator did not write: never touched
+    (mine / "1").mkdir(parents=True)
+    (mine / "config.pbtxt").write_text('name: "operator-model"\n')
     build_repo([UNTRAINED_MANIFEST], tmp_path, "gpu", copy_models=False)
     assert not (tmp_path / "shadow_ensemble").exists()
+    assert not (tmp_path / shadow_only).exists(), "a member only the old shadow used is gone"
+    assert _model_dirs(tmp_path) == {primary, "ensemble", "operator-model"}
 
 
 def test_cli_builds_the_shadow_from_the_flag_or_the_settings(

@@ -11,8 +11,9 @@ blocks. A request past its deadline gets 504, but its slot is only released when
 a timed-out request cannot make the gateway take on more work than it can do.
 
 With a shadow lane, media in the shadow's arm also get the shadow's crops cut while their frames are alive;
-they are offered to the lane (which never blocks) once the primary result exists, and scored on the lane's own
-thread after the answer has gone (`service/shadow.py`).
+they are offered to the lane (which never blocks) once the primary answer is delivered, and scored on the
+lane's own thread after it has gone (`service/shadow.py`). A request that timed out (504) offers nothing: its
+client got no primary decision to compare with.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from service import metrics
 from service.api.fairness import FairSlots, SlotsFull
 from service.config import Settings
 from service.errors import DeadlineExceeded
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, Scored
 from service.schemas import ScoreResult
-from service.shadow import ShadowLane, ShadowSubject, ShadowWork
+from service.shadow import ShadowLane
 
 __all__ = ["ScoringService"]
 
@@ -97,34 +98,26 @@ class ScoringService:
 
             loop.call_soon_threadsafe(_release)
 
-        future = loop.run_in_executor(self.executor, self._score_file, path, tenant, job_id)
+        future = loop.run_in_executor(self.executor, self._score_file, path)
         future.add_done_callback(_done)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+            result, cut = await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise DeadlineExceeded(
                 f"scoring did not finish within {self.settings.request_timeout_seconds:g} s"
             ) from None
+        if cut is not None and self.shadow is not None:  # answered: now the shadow may look (never blocks)
+            self.shadow.offer_scored(
+                cut, result, source="gateway", tenant=tenant, sha256=result.media.sha256, video_id=job_id
+            )
+        return result
 
-    def _score_file(self, path: Path, tenant: str, job_id: str | None) -> ScoreResult:
-        """The pipeline on `path` (on an executor thread); media in the shadow's arm are offered to it."""
+    def _score_file(self, path: Path) -> Scored:
+        """The pipeline on `path` (on an executor thread), with the shadow's crops for media in its arm."""
         lane = self.shadow
         if lane is None:
-            return self.pipeline.score_file(path)
-        result, cut = self.pipeline.score_file_with(path, lane.models_for)
-        if cut is not None:
-            subject = ShadowSubject(
-                source="gateway",
-                tenant=tenant,
-                sha256=result.media.sha256,
-                video_id=job_id,
-                decision_id=None,
-                primary_model=result.model,
-                primary_score=result.score,
-                primary_decision=result.decision,
-            )
-            lane.offer(ShadowWork(subject, cut))
-        return result
+            return Scored(self.pipeline.score_file(path), None)
+        return self.pipeline.score_file_with(path, lane.models_for)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from service.events import (
     schema_version_of,
 )
 from service.fingerprint import match_fraction, to_signed, to_unsigned
-from service.schemas import DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
+from service.schemas import Decision, DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
 from service.store import migrate as migrations
 from service.store import revisions
 from service.store.tables import DecisionRow, FrameHashRow, ShadowRow
@@ -163,6 +163,14 @@ def _stored(row: DecisionRow) -> StoredDecision:
     )
 
 
+@dataclass(frozen=True)
+class _Flagged:
+    """A flagged video in the near-duplicate index: its frame hashes and their row ids (ascending)."""
+
+    hashes: list[int]
+    ids: list[int]
+
+
 class DecisionStore:
     def __init__(self, url: str, *, migrate: bool = True, lazy: bool = False) -> None:
         self.engine = engine_for(url)
@@ -171,7 +179,7 @@ class DecisionStore:
         self._schema_lock = threading.Lock()
         # Near-duplicate index: flagged videos' hashes, read incrementally (new rows by id: a re-decision
         # flags anew with new rows, and lookups drop videos no longer flagged).
-        self._flagged: dict[int, list[int]] = {}
+        self._flagged: dict[int, _Flagged] = {}
         self._flagged_upto = 0
         self._lock = threading.Lock()
         if not lazy:
@@ -247,7 +255,7 @@ class DecisionStore:
         for decision_id, candidate in index.items():
             if decision_id == exclude:  # a re-score of a flagged video must not match its own frames
                 continue
-            fraction = match_fraction(hashes, candidate, max_distance)
+            fraction = match_fraction(hashes, candidate.hashes, max_distance)
             if fraction >= min_fraction:
                 matches.append((fraction, decision_id))
         for _, decision_id in sorted(matches, key=lambda m: (-m[0], m[1])):
@@ -255,11 +263,30 @@ class DecisionStore:
                 row = s.get(DecisionRow, decision_id)
                 if row is not None and row.decision == "flag" and row.origin == "scored":
                     return _stored(row)
-            with self._lock:
-                self._flagged.pop(decision_id, None)  # re-flagged later: its new hash rows come back
+            self._forget(decision_id, index[decision_id].ids[-1])
         return None
 
-    def _refresh_flagged(self) -> dict[int, list[int]]:
+    def _forget(self, decision_id: int, read_after: int) -> None:
+        """Drop a video read as no longer flagged from the index: its hashes up to row id `read_after`.
+
+        The row was read after the index held those hashes; rows with a higher id may have come in since
+        (a re-decision flagged it again meanwhile and another lookup's refresh read them): they are newer than
+        that read and stay."""
+        with self._lock:
+            entry = self._flagged.get(decision_id)
+            if entry is None:
+                return
+            keep = [i for i, row_id in enumerate(entry.ids) if row_id > read_after]
+            if keep:
+                self._flagged[decision_id] = _Flagged(
+                    [entry.hashes[i] for i in keep], [entry.ids[i] for i in keep]
+                )
+            else:
+                del self._flagged[decision_id]
+
+    def _refresh_flagged(self) -> dict[int, _Flagged]:
+        """The index, with flagged hash rows stored since the last refresh added. Entries are replaced, never
+        changed, so a caller's snapshot stays as it was taken."""
         with self._lock:
             with Session(self.engine) as s:
                 rows = s.execute(
@@ -267,9 +294,17 @@ class DecisionStore:
                     .where(FrameHashRow.flagged.is_(True), FrameHashRow.id > self._flagged_upto)
                     .order_by(FrameHashRow.id)
                 ).all()
+            added: dict[int, _Flagged] = {}
             for row_id, decision_id, h in rows:
-                self._flagged.setdefault(decision_id, []).append(to_unsigned(h))
+                entry = added.setdefault(decision_id, _Flagged([], []))
+                entry.hashes.append(to_unsigned(h))
+                entry.ids.append(row_id)
                 self._flagged_upto = max(self._flagged_upto, row_id)
+            for decision_id, new in added.items():
+                old = self._flagged.get(decision_id)
+                self._flagged[decision_id] = (
+                    new if old is None else _Flagged([*old.hashes, *new.hashes], [*old.ids, *new.ids])
+                )
             return dict(self._flagged)
 
     def put(self, new: NewDecision) -> tuple[StoredDecision, bool]:
@@ -354,8 +389,8 @@ class DecisionStore:
 
     # --- re-decisions (`dfguard rescore`; the rules are in service/store/revisions.py) --------------------
 
-    def candidates(self, selection: revisions.Selection) -> list[revisions.Candidate]:
-        """Stored decisions a re-score selects, oldest first."""
+    def candidates(self, selection: revisions.Selection) -> Iterator[revisions.Candidate]:
+        """Stored decisions a re-score selects, oldest first (read a page at a time)."""
         self.ensure_schema()
         return revisions.candidates(self.engine, selection)
 
@@ -371,6 +406,27 @@ class DecisionStore:
         """Stored revisions whose flag events the broker has not acknowledged, oldest first."""
         self.ensure_schema()
         return revisions.pending(self.engine)
+
+    def lagging_original(self, repost_id: int) -> tuple[str, Decision] | None:
+        """(video_id, decision) of the re-decided original an exact repost no longer follows, if so."""
+        self.ensure_schema()
+        return revisions.lagging_original(self.engine, repost_id)
+
+    def follow_original(self, repost_id: int, expected_revision: int) -> list[revisions.Revised]:
+        """Store the next revision of an exact repost that lags its original (its events pending)."""
+        self.ensure_schema()
+        return revisions.follow_original(self.engine, repost_id, expected_revision)
+
+    def pending_count(self) -> int:
+        """How many stored revisions wait for the broker's acknowledgement (`dfguard_revisions_pending`)."""
+        self.ensure_schema()
+        return revisions.count_pending(self.engine)
+
+    def drain_pending(self, produce: Callable[[list[revisions.PendingRevision]], None]) -> int:
+        """Produce the pending revisions with `produce` (returns once acknowledged, or raises) and mark them
+        emitted, claiming rows so that concurrent drainers do not share them; returns how many."""
+        self.ensure_schema()
+        return revisions.drain(self.engine, produce)
 
     def mark_emitted(self, revision_ids: Sequence[int]) -> None:
         self.ensure_schema()

@@ -5,7 +5,9 @@ redelivered upload, `GET /v1/decisions/...`, exact-repost reuse, the near-duplic
 re-decision without knowing about revisions. `decision_revisions` keeps every revision of a re-decided video
 (revision 1 is copied in at the first re-decision) and is the outbox: a revision's flag event is stored in
 the same transaction as the decision it carries, with `emitted_at` null until the broker acknowledged it, so
-a crash between the two leaves the event to produce (`pending`), never a decision nobody heard of.
+a crash between the two leaves the event to produce (`pending`). Every worker drains that outbox at start
+and every `DFG_WORKER_OUTBOX_INTERVAL_SECONDS` (`drain`), and so does every `dfguard rescore` run: a revision
+stored and not yet acknowledged is produced by the next pass of either (until then: stored, not heard of).
 
 One `revise` is one transaction: the video's new revision, the exact reposts that reused its verdict
 (`duplicate_of:<video_id>` in its tenant, `duplicate` in others, same sha256) as their own new revisions,
@@ -16,11 +18,11 @@ A concurrent re-decision of the same video loses on the `(decision_id, revision)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -45,6 +47,10 @@ __all__ = [
     "Selection",
     "StaleRevision",
     "candidates",
+    "count_pending",
+    "drain",
+    "follow_original",
+    "lagging_original",
     "mark_emitted",
     "pending",
     "revise",
@@ -67,6 +73,7 @@ class Selection:
     model_version: str | None = None
     tenant: str | None = None
     limit: int | None = None
+    after_id: int | None = None  # resume cursor: only decisions with a higher id (the report's `last_id`)
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,44 @@ class PendingRevision:
     value: bytes
 
 
-def candidates(engine: Engine, sel: Selection) -> list[Candidate]:
-    """Stored decisions matching `sel`, oldest first."""
-    q = select(DecisionRow).order_by(DecisionRow.id)
+_CANDIDATE_COLUMNS = (
+    DecisionRow.id,
+    DecisionRow.tenant,
+    DecisionRow.video_id,
+    DecisionRow.revision,
+    DecisionRow.decision,
+    DecisionRow.origin,
+    DecisionRow.model_name,
+    DecisionRow.model_version,
+    DecisionRow.review_threshold,
+    DecisionRow.flag_threshold,
+    DecisionRow.thresholds_source,
+    DecisionRow.aggregation,
+    DecisionRow.sha256,
+    DecisionRow.source_uri,
+)
+
+
+def candidates(engine: Engine, sel: Selection, *, page: int = 500) -> Iterator[Candidate]:
+    """Stored decisions matching `sel`, oldest (lowest id) first, read a page at a time by id.
+
+    Only the columns a re-decision needs (not the flag event text), each page in a short read of its own,
+    so a large table is neither loaded at once nor held in one long read while revisions are written."""
+    left = sel.limit
+    after = sel.after_id or 0
+    while left is None or left > 0:
+        size = page if left is None else min(page, left)
+        rows = _candidate_page(engine, sel, after, size)
+        yield from rows
+        if len(rows) < size:
+            return
+        after = rows[-1].id
+        if left is not None:
+            left -= len(rows)
+
+
+def _candidate_page(engine: Engine, sel: Selection, after: int, size: int) -> list[Candidate]:
+    q = select(*_CANDIDATE_COLUMNS).where(DecisionRow.id > after).order_by(DecisionRow.id).limit(size)
     if sel.since is not None:
         q = q.where(DecisionRow.decided_at >= sel.since)
     if sel.until is not None:
@@ -140,8 +182,6 @@ def candidates(engine: Engine, sel: Selection) -> list[Candidate]:
         q = q.where(DecisionRow.model_version == sel.model_version)
     if sel.tenant is not None:
         q = q.where(DecisionRow.tenant == sel.tenant)
-    if sel.limit is not None:
-        q = q.limit(sel.limit)
     with engine.connect() as conn:
         rows = conn.execute(q).mappings().all()
     return [
@@ -171,13 +211,31 @@ def revise(engine: Engine, decision_id: int, expected_revision: int, new: Redeci
     Raises:
         StaleRevision: the decision is no longer at `expected_revision`, or another re-score stored the
             same revision first.
+        IntegrityError: any other constraint violation (a bug or a schema problem, not a lost race).
     """
     try:
         return _revise(engine, decision_id, expected_revision, new)
-    except IntegrityError as exc:  # the (decision_id, revision) key: a concurrent run stored it first
+    except IntegrityError as exc:
+        if not _is_revision_conflict(exc):
+            raise
         raise StaleRevision(
             f"decision {decision_id}: revision {expected_revision + 1} exists already"
         ) from exc
+
+
+_REVISION_KEY = "uq_decision_revisions_decision_revision"
+
+
+def _is_revision_conflict(exc: IntegrityError) -> bool:
+    """Whether `exc` is the `(decision_id, revision)` unique key: a concurrent run stored that revision first.
+
+    PostgreSQL names the constraint; SQLite names the columns in its message."""
+    diag = getattr(exc.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    if constraint is not None:
+        return bool(constraint == _REVISION_KEY)
+    message = str(exc.orig)
+    return "UNIQUE constraint failed: decision_revisions.decision_id, decision_revisions.revision" in message
 
 
 def _revise(engine: Engine, decision_id: int, expected_revision: int, new: Redecision) -> list[Revised]:
@@ -209,6 +267,69 @@ def _revise(engine: Engine, decision_id: int, expected_revision: int, new: Redec
                 )
                 out.append(_next_revision(s, repost, follows, now))
     return out
+
+
+def _original_of(s: Session, repost: DecisionRow) -> DecisionRow | None:
+    """The scored decision an exact repost reused (as the worker chose it: `duplicate_of:<video_id>` in the
+    repost's tenant, `duplicate` the first of another tenant's with the same sha256)."""
+    if repost.sha256 is None or not repost.reasons:
+        return None
+    mark = repost.reasons[0]
+    q = select(DecisionRow).where(DecisionRow.sha256 == repost.sha256, DecisionRow.origin == "scored")
+    if mark.startswith("duplicate_of:"):
+        q = q.where(DecisionRow.tenant == repost.tenant, DecisionRow.video_id == mark.split(":", 1)[1])
+    elif mark == "duplicate":
+        q = q.where(DecisionRow.tenant != repost.tenant)
+    else:
+        return None
+    return s.scalars(q.order_by(DecisionRow.id).limit(1)).one_or_none()
+
+
+def lagging_original(engine: Engine, repost_id: int) -> tuple[str, Decision] | None:
+    """(video_id, decision) of the original an exact repost reused, if the repost's decision differs from it:
+    a live worker stored the repost with the verdict it read just before a re-decision of the original
+    committed. None when the repost follows its original (or it has none)."""
+    with Session(engine) as s:
+        repost = s.get(DecisionRow, repost_id)
+        original = _original_of(s, repost) if repost is not None else None
+        if repost is None or original is None or original.decision == repost.decision:
+            return None
+        return original.video_id, original.decision  # type: ignore[return-value]
+
+
+def follow_original(engine: Engine, repost_id: int, expected_revision: int) -> list[Revised]:
+    """Store the next revision of an exact repost that lags its re-decided original (`lagging_original`):
+    the original's current verdict, as `revise` gives the reposts it finds. [] if it no longer lags.
+
+    Raises:
+        StaleRevision: the repost is no longer at `expected_revision`."""
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        repost = s.scalars(
+            select(DecisionRow).where(DecisionRow.id == repost_id).with_for_update()
+        ).one_or_none()
+        if repost is None or (repost.revision or 1) != expected_revision:
+            raise StaleRevision(f"decision {repost_id} is no longer at revision {expected_revision}")
+        original = _original_of(s, repost)
+        if original is None or original.decision == repost.decision:
+            return []
+        source = parse_flag_event(original.flag_event)
+        follows = Redecision(
+            decision=source.decision,
+            score=source.score,
+            reasons=[repost.reasons[0], *source.reasons],
+            origin="duplicate",
+            model=source.model,
+            thresholds=UsedThresholds(
+                review=original.review_threshold,
+                flag=original.flag_threshold,
+                source=original.thresholds_source,
+            ),
+            aggregation=original.aggregation,
+            top_frames=list(source.top_frames),
+            timings=FlagTimings.model_validate(repost.timings_ms),  # no work was redone for it
+        )
+        return [_next_revision(s, repost, follows, now)]
 
 
 def _reposts(s: Session, original: DecisionRow) -> list[DecisionRow]:
@@ -363,6 +484,52 @@ def pending(engine: Engine) -> list[PendingRevision]:
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     return [PendingRevision(i, t, v, n, text.encode()) for i, t, v, n, text in rows]
+
+
+def count_pending(engine: Engine) -> int:
+    """How many stored revisions wait for the broker's acknowledgement of their flag event."""
+    q = select(func.count()).select_from(DecisionRevisionRow).where(DecisionRevisionRow.emitted_at.is_(None))
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def drain(engine: Engine, produce: Callable[[list[PendingRevision]], None], *, batch: int = 200) -> int:
+    """Produce every pending revision with `produce` (which returns once the broker acknowledged all it was
+    given, or raises) and mark them emitted; returns how many.
+
+    Each batch is claimed in a transaction held across `produce`: on PostgreSQL `FOR UPDATE SKIP LOCKED`, so
+    concurrent drainers (workers, a rescore run) take disjoint rows; SQLite has one writer anyway. A failure
+    in `produce` rolls the batch back: it stays pending for the next pass (maybe produced twice, never lost).
+    """
+    done = 0
+    after = 0
+    while True:
+        q = (
+            select(
+                DecisionRevisionRow.id,
+                DecisionRow.tenant,
+                DecisionRow.video_id,
+                DecisionRevisionRow.revision,
+                DecisionRevisionRow.flag_event,
+            )
+            .join(DecisionRow, DecisionRow.id == DecisionRevisionRow.decision_id)
+            .where(DecisionRevisionRow.emitted_at.is_(None), DecisionRevisionRow.id > after)
+            .order_by(DecisionRevisionRow.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True, of=DecisionRevisionRow)
+        )
+        with engine.begin() as conn:
+            claimed = [PendingRevision(i, t, v, n, text.encode()) for i, t, v, n, text in conn.execute(q)]
+            if not claimed:
+                return done
+            produce(claimed)
+            conn.execute(
+                update(DecisionRevisionRow)
+                .where(DecisionRevisionRow.id.in_([p.id for p in claimed]))
+                .values(emitted_at=datetime.now(UTC))
+            )
+        done += len(claimed)
+        after = claimed[-1].id
 
 
 def mark_emitted(engine: Engine, revision_ids: Sequence[int]) -> None:

@@ -32,6 +32,7 @@ class DecisionRow(Base):
     __table_args__ = (
         UniqueConstraint("tenant", "video_id", name="uq_decisions_tenant_video"),
         Index("ix_decisions_sha256_origin", "sha256", "origin"),
+        Index("ix_decisions_decided_at", "decided_at"),  # `dfguard rescore --since/--until`
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -78,7 +79,8 @@ class DecisionRevisionRow(Base):
     __tablename__ = "decision_revisions"
     __table_args__ = (
         UniqueConstraint("decision_id", "revision", name="uq_decision_revisions_decision_revision"),
-        Index("ix_decision_revisions_emitted_at", "emitted_at"),
+        # the outbox: pending (null) rows in id order, without scanning the history
+        Index("ix_decision_revisions_emitted_at_id", "emitted_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -105,7 +107,10 @@ class FrameHashRow(Base):
     """pHashes of sampled frames (signed 64-bit); near-duplicate lookups read the flagged ones."""
 
     __tablename__ = "frame_hashes"
-    __table_args__ = (Index("ix_frame_hashes_flagged_id", "flagged", "id"),)
+    __table_args__ = (
+        Index("ix_frame_hashes_flagged_id", "flagged", "id"),
+        Index("ix_frame_hashes_decision_id", "decision_id"),  # a re-decision's marks; cascading deletes
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     decision_id: Mapped[int] = mapped_column(ForeignKey("decisions.id", ondelete="CASCADE"))

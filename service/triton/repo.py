@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,7 +168,10 @@ def build_repo(
     `copy_models=False` writes configs and manifests only (the committed GPU layout): the ONNX files are then
     copied at deploy time, and `scripts/build_trt_plans.sh` turns each `1/model.onnx` into `1/model.plan`.
     `shadow_paths` (member manifests) adds `shadow_ensemble`; without them a `shadow_ensemble` left by an
-    earlier build is removed, since Triton would otherwise still load (and fail on) its stale members.
+    earlier build is removed, since Triton would otherwise still load (and fail on) its stale members. Member
+    folders an earlier build wrote for either ensemble that neither ensemble uses now (a dropped shadow
+    candidate) are removed too: Triton loads every folder, so they would hold memory for nothing. Only folders
+    named by a previous build's ensemble configs and holding its `1/model.json` are touched, never others.
     """
     if target == "cpu" and not copy_models:
         raise ValueError("the cpu target serves the ONNX files themselves: copy_models must be true")
@@ -175,6 +179,7 @@ def build_repo(
     primary = [(*load_manifest(p), Path(p)) for p in manifest_paths]
     shadow = [(*load_manifest(p), Path(p)) for p in shadow_paths]
     members = _members(primary, shadow)
+    previous = _previous_members(out)
     out.mkdir(parents=True, exist_ok=True)
     for m, model_path, manifest_path in members:
         d = out / m.name
@@ -196,4 +201,22 @@ def build_repo(
         _write_ensemble(out, SHADOW_ENSEMBLE, [m for m, _, _ in shadow], o)
     elif (out / SHADOW_ENSEMBLE).exists():
         shutil.rmtree(out / SHADOW_ENSEMBLE)
+    current = {m.name for m, _, _ in members}
+    for name in sorted(previous - current):
+        d = out / name
+        if (d / "config.pbtxt").is_file() and (d / "1" / "model.json").is_file():
+            shutil.rmtree(d)
     return out
+
+
+_STEP_MODEL = re.compile(r'model_name: "([^"/\\]+)"')
+
+
+def _previous_members(out: Path) -> set[str]:
+    """The member names the ensembles of an earlier build in `out` referenced (what that build wrote)."""
+    names: set[str] = set()
+    for ensemble in (ENSEMBLE, SHADOW_ENSEMBLE):
+        config = out / ensemble / "config.pbtxt"
+        if config.is_file():
+            names.update(_STEP_MODEL.findall(config.read_text()))
+    return names - {ENSEMBLE, SHADOW_ENSEMBLE, ".", ".."}

@@ -60,7 +60,7 @@ from service.media import PendingMedia
 from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
 from service.pipeline import CutCrops, Pipeline
 from service.schemas import ModelRef, ScoreResult
-from service.shadow import ShadowLane, ShadowSubject, ShadowWork
+from service.shadow import ShadowLane
 from service.sources import FetchPolicy, fetch_to_file_sync
 from service.store import DecisionStore, NewDecision, StoredDecision
 from service.worker.dependencies import LazyStore, inference_probe, object_store_probe, store_probe
@@ -249,17 +249,15 @@ class EventHandler:
         """Hand the shadow's crops to its lane (never blocks: a full lane skips and counts)."""
         record = stored.record
         assert self.shadow is not None and record.sha256 is not None  # scored media have a digest
-        subject = ShadowSubject(
+        self.shadow.offer_scored(
+            cut,
+            record,
             source="worker",
             tenant=upload.tenant,
             sha256=record.sha256,
             video_id=upload.video_id,
             decision_id=stored.id,
-            primary_model=record.model,
-            primary_score=record.score,
-            primary_decision=record.decision,
         )
-        self.shadow.offer(ShadowWork(subject, cut))
 
     def _analyse(
         self, upload: UploadEvent, dest: Path, store: DecisionStore

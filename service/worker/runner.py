@@ -16,6 +16,9 @@ on its IO thread, where waiting would stall heartbeats); a partition given strai
 that goes elsewhere is dropped: its in-flight events finish, and the new owner re-emits the stored decision,
 an identical flag event.
 
+Revision outbox: a thread of its own produces re-decisions `dfguard rescore` stored and the broker has not
+acknowledged (`service/worker/outbox.py`), at start and every `DFG_WORKER_OUTBOX_INTERVAL_SECONDS`.
+
 Holds: while a dependency probe fails (`service/worker/health.py`), the partitions are paused (polling goes
 on, so the membership lives), no event starts, in-flight events wait for the hold to end and nothing past the
 last finished event is committed; the lag gauge keeps refreshing, so the lag grows. The worker stays a group
@@ -59,6 +62,7 @@ from service.metrics import (
 from service.worker.fairness import FairQueue, tenant_of
 from service.worker.handler import Emission, EventHandler
 from service.worker.offsets import PartitionOffsets
+from service.worker.outbox import OutboxDrainer
 
 __all__ = ["Worker"]
 
@@ -147,6 +151,7 @@ class Worker:
         self._next_lag = 0.0
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._outbox: OutboxDrainer | None = None  # produces revisions `dfguard rescore` left pending
         self._pool = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="dfguard-event")
         self.ready = threading.Event()  # set while the consumer is a member of its group (held or not)
         self.last_tick = time.monotonic()  # the loop's heartbeat, for /healthz
@@ -177,7 +182,9 @@ class Worker:
                 self.handler.close()
                 return
             delay = min(delay * 2, self.s.worker_retry_backoff_max_seconds)
-        assert self._consumer is not None
+        assert self._consumer is not None and self._producer is not None
+        self._outbox = OutboxDrainer(self.s, lambda: self.handler.store, self._producer, self.stop_event)
+        self._outbox.start()
         self._await_topic()
         self._consumer.subscribe([self.s.kafka_uploads_topic], listener=_Rebalance(self))
         log.info("worker: consuming %s as group %s", self.s.kafka_uploads_topic, self.s.kafka_group_id)
@@ -238,6 +245,8 @@ class Worker:
         for part in self._parts.values():
             self._forget_lag(part.tp)
         assert self._consumer is not None and self._producer is not None
+        if self._outbox is not None:  # stop_event is set: it ends after the pass in progress
+            self._outbox.join(self.s.kafka_request_timeout_ms / 1000 * 2)
         try:
             self._consumer.close(autocommit=False)
         finally:

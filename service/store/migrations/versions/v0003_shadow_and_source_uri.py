@@ -52,5 +52,7 @@ def downgrade() -> None:
     op.drop_index("ix_shadow_results_tenant_created_at", table_name="shadow_results")
     op.drop_index("ix_shadow_results_created_at", table_name="shadow_results")
     op.drop_table("shadow_results")
-    with op.batch_alter_table("decisions", schema=None) as batch_op:
+    # Native DROP COLUMN (SQLite >= 3.35), never a batch rebuild: rebuilding `decisions` drops the old table,
+    # and with foreign keys on that cascades to every frame_hashes row.
+    with op.batch_alter_table("decisions", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("source_uri")

@@ -5,7 +5,9 @@ Revises: 0003
 Create Date: 2026-12-01
 
 A new table and a nullable column (null: revision 1), so every stored decision stays what it was and a
-worker of the previous release keeps writing while the schema is ahead of it.
+worker of the previous release keeps writing while the schema is ahead of it. Indexes for a large store:
+`decisions.decided_at` (rescore's --since/--until), `frame_hashes.decision_id` (a re-decision rewrites one
+decision's hashes) and the outbox's pending rows in id order.
 """
 
 from __future__ import annotations
@@ -46,11 +48,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("decision_id", "revision", name="uq_decision_revisions_decision_revision"),
     )
-    op.create_index("ix_decision_revisions_emitted_at", "decision_revisions", ["emitted_at"])
+    op.create_index("ix_decision_revisions_emitted_at_id", "decision_revisions", ["emitted_at", "id"])
+    op.create_index("ix_decisions_decided_at", "decisions", ["decided_at"])
+    op.create_index("ix_frame_hashes_decision_id", "frame_hashes", ["decision_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_decision_revisions_emitted_at", table_name="decision_revisions")
+    op.drop_index("ix_frame_hashes_decision_id", table_name="frame_hashes")
+    op.drop_index("ix_decisions_decided_at", table_name="decisions")
+    op.drop_index("ix_decision_revisions_emitted_at_id", table_name="decision_revisions")
     op.drop_table("decision_revisions")
-    with op.batch_alter_table("decisions", schema=None) as batch_op:
+    # Native DROP COLUMN (SQLite >= 3.35), never a batch rebuild: rebuilding `decisions` drops the old table,
+    # and with foreign keys on that cascades to every frame_hashes and shadow_results row.
+    with op.batch_alter_table("decisions", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("revision")
