@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,18 @@ from devtools.postgres_server import PostgresServer
 from service.compose import build_pipeline
 from service.config import Settings
 from service.pipeline import Pipeline
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Commands run in-process (`cli.main`) configure the root logger once per process, as they should: its
+    handler then writes to that test's captured stderr, closed after the test, and later tests' background
+    threads (Kafka clients) would log into a closed file. Each test gets the root logger back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

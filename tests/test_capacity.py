@@ -354,7 +354,10 @@ def test_a_greedy_tenant_cannot_starve_another(long_clip: Path, b_clip: Path, tm
         print(f"B median latency {ratio:.2f}x idle; B waited {b_wait:.3f} s for scoring slots in all")
         assert [r[0] for r in busy] == [200] * 4
         assert b_wait < 0.5  # never behind A's clips: a worker was free for B each time
-        assert ratio <= 2.0  # what is left is CPU shared on a 2-core machine
+        # The fairness check is `b_wait` above. What is left of B's slowdown is CPU shared on 2 cores:
+        # 1.2-1.4x idle alone, up to about 3x when other work shares the cores (docs/performance.md); behind
+        # A's queue (two running and four waiting clips) B would take several of A's clips' time.
+        assert ratio <= 4.0
         assert refused and all(int(r[2]["retry-after"]) >= 1 for r in refused)
         assert metric_value(url, "dfguard_tenant_throttled_total", tenant="a", reason="over_capacity") > 0
         assert metric_value(url, "dfguard_tenant_throttled_total", tenant="b") == 0
