@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -467,9 +467,9 @@ def _mark_hashes(
         s.execute(delete(FrameHashRow).where(FrameHashRow.id.in_([i for i, _ in old])))
 
 
-def pending(engine: Engine) -> list[PendingRevision]:
-    """Revisions whose flag event is not acknowledged yet, in the order they were stored."""
-    q = (
+def _pending_query(after: int = 0) -> Select[int, str, str, int, str]:
+    """Revisions whose flag event is not acknowledged yet, past row id `after`, oldest first."""
+    return (
         select(
             DecisionRevisionRow.id,
             DecisionRow.tenant,
@@ -478,9 +478,14 @@ def pending(engine: Engine) -> list[PendingRevision]:
             DecisionRevisionRow.flag_event,
         )
         .join(DecisionRow, DecisionRow.id == DecisionRevisionRow.decision_id)
-        .where(DecisionRevisionRow.emitted_at.is_(None))
+        .where(DecisionRevisionRow.emitted_at.is_(None), DecisionRevisionRow.id > after)
         .order_by(DecisionRevisionRow.id)
     )
+
+
+def pending(engine: Engine) -> list[PendingRevision]:
+    """Revisions whose flag event is not acknowledged yet, in the order they were stored."""
+    q = _pending_query()
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     return [PendingRevision(i, t, v, n, text.encode()) for i, t, v, n, text in rows]
@@ -504,20 +509,7 @@ def drain(engine: Engine, produce: Callable[[list[PendingRevision]], None], *, b
     done = 0
     after = 0
     while True:
-        q = (
-            select(
-                DecisionRevisionRow.id,
-                DecisionRow.tenant,
-                DecisionRow.video_id,
-                DecisionRevisionRow.revision,
-                DecisionRevisionRow.flag_event,
-            )
-            .join(DecisionRow, DecisionRow.id == DecisionRevisionRow.decision_id)
-            .where(DecisionRevisionRow.emitted_at.is_(None), DecisionRevisionRow.id > after)
-            .order_by(DecisionRevisionRow.id)
-            .limit(batch)
-            .with_for_update(skip_locked=True, of=DecisionRevisionRow)
-        )
+        q = _pending_query(after).limit(batch).with_for_update(skip_locked=True, of=DecisionRevisionRow)
         with engine.begin() as conn:
             claimed = [PendingRevision(i, t, v, n, text.encode()) for i, t, v, n, text in conn.execute(q)]
             if not claimed:
