@@ -246,24 +246,21 @@ class Rescorer:
             raise  # the store or the broker is down: stop (a rerun resumes)
         except ModerationError as exc:
             failure = classify(exc)
-            problem = Problem(tenant=c.tenant, video_id=c.video_id, code=failure.code, message=exc.message)
             if failure.fault is Fault.EVENT:  # the medium's own: gone, refused, undecodable
                 r.missing_media += 1
-                _listed(r.missing, problem)
+                _listed(
+                    r.missing,
+                    Problem(tenant=c.tenant, video_id=c.video_id, code=failure.code, message=exc.message),
+                )
                 log.warning("rescore: %s/%s: %s", c.tenant, c.video_id, failure.code)
                 return
             if failure.fault is Fault.TRANSIENT:
-                r.failed += 1
-                _listed(r.failures, problem)
+                self._fail(c, failure.code, exc.message)
                 return
             raise  # a dependency is down or a bug: stop (a rerun resumes)
         except Exception as exc:  # noqa: BLE001 - one decision's own failure (e.g. OSError): report, go on
-            r.failed += 1
             message = f"{type(exc).__name__}: {exc}"
-            _listed(
-                r.failures,
-                Problem(tenant=c.tenant, video_id=c.video_id, code="internal_error", message=message),
-            )
+            self._fail(c, "internal_error", message)
             log.warning("rescore: %s/%s failed: %s", c.tenant, c.video_id, message)
             return
         r.rescored += 1
@@ -284,9 +281,7 @@ class Rescorer:
         try:
             revised = self.store.revise(c.id, c.revision, new)
         except StaleRevision as exc:  # another run revised it meanwhile: its revision stands
-            r.failed += 1
-            problem = Problem(tenant=c.tenant, video_id=c.video_id, code="stale_revision", message=str(exc))
-            _listed(r.failures, problem)
+            self._fail(c, "stale_revision", str(exc))
             return
         self._report_changes(c, revised)
         self._emit(revised)
@@ -315,9 +310,7 @@ class Rescorer:
         try:
             revised = self.store.follow_original(c.id, c.revision)
         except StaleRevision as exc:
-            r.failed += 1
-            problem = Problem(tenant=c.tenant, video_id=c.video_id, code="stale_revision", message=str(exc))
-            _listed(r.failures, problem)
+            self._fail(c, "stale_revision", str(exc))
             return
         for v in revised:
             change = Change(
@@ -333,6 +326,13 @@ class Rescorer:
             _listed(r.changes, change)
         if revised:
             self._emit(revised)
+
+    def _fail(self, c: Candidate, code: str, message: str) -> None:
+        """Count and list one decision this run could not re-decide (the run goes on)."""
+        self.report.failed += 1
+        _listed(
+            self.report.failures, Problem(tenant=c.tenant, video_id=c.video_id, code=code, message=message)
+        )
 
     def _report_changes(self, c: Candidate, revised: list[Revised]) -> None:
         for i, v in enumerate(revised):

@@ -90,6 +90,16 @@ def _rescore(
     )
 
 
+def _on_fresh_topics(
+    kafka: KafkaBroker, tmp_path: Path, media_root: Path, **overrides: Any
+) -> tuple[Topics, Settings, DecisionStore]:
+    """New topics on the broker, the worker's settings for them, and the store those settings name."""
+    topics = Topics.fresh()
+    create_topics(kafka.bootstrap, topics, partitions=1)
+    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root, **overrides)
+    return topics, s, DecisionStore(s.database_url)
+
+
 def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-4000:]
@@ -107,10 +117,7 @@ def _revisions(topic_records: list[Any]) -> dict[str, list[Any]]:
 def test_rescore_emits_revisions_that_reposts_redelivery_and_the_near_duplicate_index_follow(
     kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.fresh()
-    create_topics(kafka.bootstrap, topics, partitions=1)
-    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root, **_FLAG_ALL)
-    store = DecisionStore(s.database_url)
+    topics, s, store = _on_fresh_topics(kafka, tmp_path, media_root, **_FLAG_ALL)
     legacy = new_decision("legacy", decision="flag", sha=None)  # stored before source URIs were kept
     store.put(legacy)
     events = {
@@ -220,10 +227,7 @@ def _stored_flag(store: DecisionStore, pipeline: Pipeline, video_id: str, clip: 
 def test_a_rescore_killed_mid_run_and_rerun_leaves_exactly_one_revision_each(
     kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.fresh()
-    create_topics(kafka.bootstrap, topics, partitions=1)
-    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root)
-    store = DecisionStore(s.database_url)
+    topics, s, store = _on_fresh_topics(kafka, tmp_path, media_root)
     videos = [f"v{i}" for i in range(4)]
     for i, v in enumerate(videos):
         _stored_flag(store, pipeline, v, media_root / ("a.mp4" if i % 2 else "b.mp4"))
@@ -283,10 +287,7 @@ def _pending_revision(store: DecisionStore, pipeline: Pipeline, video_id: str, c
 def test_a_running_worker_produces_revisions_left_pending_and_marks_them_emitted(
     kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.fresh()
-    create_topics(kafka.bootstrap, topics, partitions=1)
-    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root, worker_outbox_interval_seconds=0.2)
-    store = DecisionStore(s.database_url)
+    topics, s, store = _on_fresh_topics(kafka, tmp_path, media_root, worker_outbox_interval_seconds=0.2)
     with running_worker(build_worker(s, pipeline, store)):
         value = _pending_revision(store, pipeline, "left", media_root / "b.mp4")  # after the first pass
         (record,) = read_topic(kafka.bootstrap, topics.flags, 1)
@@ -308,10 +309,7 @@ def test_a_running_worker_produces_revisions_left_pending_and_marks_them_emitted
 def test_rescore_first_produces_revisions_left_pending_and_a_dry_run_counts_them(
     kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.fresh()
-    create_topics(kafka.bootstrap, topics, partitions=1)
-    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root)
-    store = DecisionStore(s.database_url)
+    topics, s, store = _on_fresh_topics(kafka, tmp_path, media_root)
     value = _pending_revision(store, pipeline, "left", media_root / "b.mp4")
 
     dry = _report(_rescore(kafka, topics, s, "--dry-run"))
@@ -328,10 +326,7 @@ def test_rescore_first_produces_revisions_left_pending_and_a_dry_run_counts_them
 def test_a_medium_replaced_behind_its_uri_is_reported_and_not_re_decided(
     kafka: KafkaBroker, pipeline: Pipeline, media_root: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.fresh()
-    create_topics(kafka.bootstrap, topics, partitions=1)
-    s = worker_settings(kafka.bootstrap, topics, tmp_path, media_root)
-    store = DecisionStore(s.database_url)
+    topics, s, store = _on_fresh_topics(kafka, tmp_path, media_root)
     clip = media_root / "replaced.mp4"
     shutil.copyfile(media_root / "b.mp4", clip)
     base = new_decision("replaced", decision="flag", sha=hashlib.sha256(clip.read_bytes()).hexdigest())

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
@@ -55,6 +56,7 @@ __all__ = [
     "pending",
     "revise",
     "revisions_of",
+    "verdict_columns",
 ]
 
 
@@ -238,14 +240,36 @@ def _is_revision_conflict(exc: IntegrityError) -> bool:
     return "UNIQUE constraint failed: decision_revisions.decision_id, decision_revisions.revision" in message
 
 
+def _locked_at(s: Session, decision_id: int, expected_revision: int) -> DecisionRow:
+    """The decision's row, locked for this transaction; `StaleRevision` unless at `expected_revision`."""
+    row = s.scalars(select(DecisionRow).where(DecisionRow.id == decision_id).with_for_update()).one_or_none()
+    if row is None or (row.revision or 1) != expected_revision:
+        raise StaleRevision(f"decision {decision_id} is no longer at revision {expected_revision}")
+    return row
+
+
+def verdict_columns(
+    event: FlagEvent, origin: DecisionOrigin, thresholds: UsedThresholds, aggregation: str
+) -> dict[str, Any]:
+    """The verdict columns `decisions` and `decision_revisions` both carry, from the flag event stating it."""
+    return dict(
+        decision=event.decision,
+        score=event.score,
+        reasons=list(event.reasons),
+        origin=origin,
+        model_name=event.model.name,
+        model_version=event.model.version,
+        review_threshold=thresholds.review,
+        flag_threshold=thresholds.flag,
+        thresholds_source=thresholds.source,
+        aggregation=aggregation,
+    )
+
+
 def _revise(engine: Engine, decision_id: int, expected_revision: int, new: Redecision) -> list[Revised]:
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
-        row = s.scalars(
-            select(DecisionRow).where(DecisionRow.id == decision_id).with_for_update()
-        ).one_or_none()
-        if row is None or (row.revision or 1) != expected_revision:
-            raise StaleRevision(f"decision {decision_id} is no longer at revision {expected_revision}")
+        row = _locked_at(s, decision_id, expected_revision)
         was_flagged = row.decision == "flag" and row.origin == "scored"
         reposts = _reposts(s, row) if row.sha256 is not None else []
         out = [_next_revision(s, row, new, now)]
@@ -305,11 +329,7 @@ def follow_original(engine: Engine, repost_id: int, expected_revision: int) -> l
         StaleRevision: the repost is no longer at `expected_revision`."""
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
-        repost = s.scalars(
-            select(DecisionRow).where(DecisionRow.id == repost_id).with_for_update()
-        ).one_or_none()
-        if repost is None or (repost.revision or 1) != expected_revision:
-            raise StaleRevision(f"decision {repost_id} is no longer at revision {expected_revision}")
+        repost = _locked_at(s, repost_id, expected_revision)
         original = _original_of(s, repost)
         if original is None or original.decision == repost.decision:
             return []
@@ -378,16 +398,7 @@ def _next_revision(s: Session, row: DecisionRow, new: Redecision, now: datetime)
     )
     value = encode_flag_event(event, 2)  # revisions exist only in v2
     values = dict(
-        decision=new.decision,
-        score=new.score,
-        reasons=list(new.reasons),
-        origin=new.origin,
-        model_name=new.model.name,
-        model_version=new.model.version,
-        review_threshold=new.thresholds.review,
-        flag_threshold=new.thresholds.flag,
-        thresholds_source=new.thresholds.source,
-        aggregation=new.aggregation,
+        **verdict_columns(event, new.origin, new.thresholds, new.aggregation),
         flag_event=value.decode(),
         decided_at=now,
     )
