@@ -4,13 +4,14 @@
     python -m bench compare [--latest bench/results/latest.json] [--baseline bench/results/baseline.json]
                             [--noise 0.15] [--fail]
 
-`all` runs `bench.pipeline`, `bench.gateway`, `bench.triton` and `bench.worker` (each: warm-up, repeats,
-medians; see their docstrings) and writes one JSON object keyed by benchmark. `compare` prints, for the
-headline figures, the latest value, the baseline and their ratio, marking a change worse than `--noise` as a
-regression; with `--fail` it exits 1 on one. The default noise, 25 %, is what back-to-back runs on the shared
-2-core machines stay within (the host's speed drifted by up to 40 % over hours): make the baseline and the
-candidate back to back on one machine (`git stash`, run, `cp latest.json baseline.json`, unstash, run). Ratios
-such as `ratio_to_decode_only` cancel most of the drift. The platform of both files is printed.
+`all` runs `bench.pipeline`, `bench.gateway`, `bench.triton`, `bench.worker` and `bench.evidence` (each:
+warm-up, repeats, medians; see their docstrings; `bench.evidence` on its own 10-s 720p clip) and writes one
+JSON object keyed by benchmark. `compare` prints, for the headline figures, the latest value, the baseline and
+their ratio, marking a change worse than `--noise` as a regression; with `--fail` it exits 1 on one. The
+default noise, 25 %, is what back-to-back runs on the shared 2-core machines stay within (the host's speed
+drifted by up to 40 % over hours): make the baseline and the candidate back to back on one machine (`git
+stash`, run, `cp latest.json baseline.json`, unstash, run). Ratios such as `ratio_to_decode_only` cancel most
+of the drift. The platform of both files is printed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _get(doc: dict[str, Any], bench: str, key: str) -> float | None:
 
 
 def run_all(video: Path, skip: set[str]) -> dict[str, Any]:
-    from bench import gateway, pipeline, triton, worker
+    from bench import evidence, gateway, pipeline, triton, worker
 
     out: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if "pipeline" not in skip:
@@ -62,6 +63,8 @@ def run_all(video: Path, skip: set[str]) -> dict[str, Any]:
         out["triton"] = triton.run([1, 4, 16, 32, 64], 31, 16, 10, 2, 2000, False)
     if "worker" not in skip:
         out["worker"] = worker.run(video, events=16, repeats=3, burst_events=1000)
+    if "evidence" not in skip:  # against its own 10-s 720p clip: the issue's budget is stated for one
+        out["evidence"] = evidence.run(evidence.default_video(), [3, 4, 5, 6, 8], faces=6, runs=3, warmup=1)
     return out
 
 
@@ -90,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("all", help="run every benchmark, write one JSON file")
     a.add_argument("--video", type=Path, default=Path(".cache/sample.mp4"))
     a.add_argument("--out", type=Path, default=RESULTS / "latest.json")
-    a.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "gateway", "triton", "worker"])
+    a.add_argument(
+        "--skip", nargs="*", default=[], choices=["pipeline", "gateway", "triton", "worker", "evidence"]
+    )
     a.add_argument("--json", action="store_true")
     c = sub.add_parser("compare", help="ratio of the latest run to the stored baseline")
     c.add_argument("--latest", type=Path, default=RESULTS / "latest.json")
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     latest, baseline = json.loads(args.latest.read_text()), json.loads(args.baseline.read_text())
     lines, regressions = compare(latest, baseline, args.noise)
-    for bench in ("pipeline", "gateway", "triton", "worker"):
+    for bench in ("pipeline", "gateway", "triton", "worker", "evidence"):
         for name, doc in (("latest", latest), ("baseline", baseline)):
             plat = (doc.get(bench) or {}).get("platform") or {}
             if plat:

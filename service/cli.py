@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from dfguard_client import ScoreResult as RemoteResult
@@ -460,6 +460,40 @@ def _cmd_models_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evidence(args: argparse.Namespace) -> int:
+    import time
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.config import Settings
+    from service.evidence.links import LinkGrant, signed_url
+    from service.store import DecisionStore, brief_error
+
+    s = Settings()
+    if args.evidence_command == "link":
+        if not s.evidence_link_secret:
+            print("dfguard: invalid_request: DFG_EVIDENCE_LINK_SECRET is not set", file=sys.stderr)
+            return 2
+        subject: Literal["decision", "job"] = "job" if args.job else "decision"
+        expires = int(time.time() + (args.ttl or s.evidence_retention_seconds))
+        print(
+            signed_url(
+                s.public_url, s.evidence_link_secret, LinkGrant(subject, args.id, args.tenant, expires)
+            )
+        )
+        return 0
+    try:
+        store = DecisionStore(s.database_url, migrate=s.database_migrate_on_start)
+        try:
+            print(f"purged {store.purge_evidence()} expired evidence item(s)")
+        finally:
+            store.close()
+    except SQLAlchemyError as exc:
+        print(f"dfguard: store_unavailable: {brief_error(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     from service import __version__
 
@@ -629,6 +663,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidate", nargs="+", default=[], help="offline: manifests (default: DFG_SHADOW_MODEL_PATHS)"
     )
     diff.set_defaults(func=_cmd_models_diff)
+    evidence = sub.add_parser("evidence", help="reviewers' evidence pages: signed links, retention")
+    evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True)
+    link = evidence_sub.add_parser(
+        "link", help="print a signed, expiring link to a decision's (or job's) evidence page"
+    )
+    link.add_argument("id", help="the video id (or, with --job, the job id)")
+    link.add_argument("--tenant", required=True, help="the tenant the evidence belongs to")
+    link.add_argument("--job", action="store_true", help="a gateway job's evidence, not a worker decision's")
+    link.add_argument(
+        "--ttl", type=float, default=None, help="seconds the link is valid (default: the evidence retention)"
+    )
+    link.set_defaults(func=_cmd_evidence)
+    purge = evidence_sub.add_parser("purge", help="delete expired evidence now (the services also do it)")
+    purge.set_defaults(func=_cmd_evidence)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
     return parser

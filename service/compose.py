@@ -7,12 +7,17 @@ micro-batcher in front of the backend, which merges whole ensemble calls of conc
 call (one Triton request); a one-caller process (the CLI, evaluation) has nothing to merge and skips it.
 
 A shadow ensemble (`DFG_SHADOW_MODEL_PATHS`) gets a backend of its own (`build_shadow_lane`), never the
-micro-batcher: its crops must not delay live ones.
+micro-batcher: its crops must not delay live ones. So does the evidence overlay lane
+(`build_evidence_keeper`), which re-scores occluded copies of kept faces with the primary's own models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from service.config import Settings
+from service.evidence.keeper import EvidenceKeeper
+from service.evidence.lane import OverlayLane
 from service.faces import FaceDetector, RetinaFaceDetector
 from service.inference import InferenceBackend, OnnxRuntimeBackend
 from service.inference.batcher import MicroBatchingBackend
@@ -20,11 +25,13 @@ from service.media import isolation_from_settings, warm_up
 from service.models import DEFAULT_ENSEMBLE, ModelSet, resolve_models
 from service.pipeline import Pipeline
 from service.shadow import ShadowLane, ShadowModels, ShadowSink
+from service.store import DecisionStore
 from service.triton.repo import SHADOW_ENSEMBLE
 
 __all__ = [
     "build_backend",
     "build_detector",
+    "build_evidence_keeper",
     "build_pipeline",
     "build_shadow_lane",
     "choose_models",
@@ -121,3 +128,25 @@ def build_shadow_lane(s: Settings, sink: ShadowSink) -> ShadowLane | None:
     return ShadowLane(
         ShadowModels(backend.models, models.ensemble, s.shadow_sample), backend, sink, maxsize=s.shadow_queue
     )
+
+
+def build_evidence_keeper(s: Settings, store: Callable[[], DecisionStore]) -> EvidenceKeeper | None:
+    """What keeps reviewers' evidence (`DFG_EVIDENCE_FOR`), storing through `store`; None: no capture.
+
+    Its overlay lane (none with `DFG_EVIDENCE_OCCLUSION_GRID=0`) has its own backend serving the primary's
+    models, like the shadow's: embedded ONNX Runtime on one thread, or the primary ensemble on Triton through
+    a client of its own, never the micro-batcher."""
+    if s.evidence_for == "none":
+        return None
+    lane = None
+    if s.evidence_occlusion_grid > 0:
+        backend = build_backend(s, choose_models(s), threads=1)
+        lane = OverlayLane(
+            backend,
+            lambda *args: keeper.store_overlays(*args),
+            grid=s.evidence_occlusion_grid,
+            quality=s.evidence_jpeg_quality,
+            maxsize=s.evidence_queue,
+        )
+    keeper = EvidenceKeeper(s, store, lane)
+    return keeper

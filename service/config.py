@@ -423,6 +423,54 @@ class Settings(BaseSettings):
     )
     near_duplicate_frames: int = Field(8, ge=0, le=64, description="Frames hashed per video; 0 disables.")
 
+    # --- evidence pages (docs/evidence.md) ------------------------------------------------------------------
+    evidence_for: Literal["flag", "review", "all", "none"] = Field(
+        "review",
+        description="Decisions (worker) and jobs (gateway) that keep evidence for reviewers: `review` means "
+        "review and flag; `all` every scored medium; `none` no capture.",
+    )
+    evidence_frames: int = Field(
+        6, ge=1, le=32, description="Frames kept: the most suspicious ones, spread over the video's time."
+    )
+    evidence_side: int = Field(
+        640, ge=64, le=1920, description="Longest side of a kept frame (JPEG), pixels."
+    )
+    evidence_jpeg_quality: int = Field(85, ge=30, le=100)
+    evidence_occlusion_grid: int = Field(
+        3,
+        ge=0,
+        le=16,
+        description="Cells per side of the occlusion-sensitivity grid (each cell greyed and re-scored: "
+        "grid^2 crops per kept face); 0: no sensitivity maps. Chosen with `python -m bench.evidence`.",
+    )
+    evidence_queue: int = Field(
+        8,
+        ge=1,
+        description="Captures waiting for the low-priority overlay lane; when full, overlays are skipped "
+        "(the page shows the rest) and counted.",
+    )
+    evidence_retention_seconds: float = Field(
+        30 * 86400.0, gt=0, description="Evidence is deleted this long after capture (30 days)."
+    )
+    evidence_tenant_quota_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Evidence bytes one tenant may keep; past it the tenant's oldest evidence is evicted.",
+    )
+    evidence_purge_interval_seconds: float = Field(
+        600.0, gt=0, description="How often the gateway and the worker delete expired evidence."
+    )
+    evidence_link_secret: str = Field(
+        "",
+        description="Key signing evidence links (flag events' `evidence_url`, `dfguard evidence link`); "
+        "empty: no signed links (pages open with an API key only).",
+        repr=False,
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="The gateway's address as reviewers reach it: the base of signed evidence links.",
+    )
+
     @property
     def worker_event_budget_seconds(self) -> float:
         """Worst-case time of one attempt at one event: fetch, isolated decode, then scoring."""

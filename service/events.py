@@ -169,6 +169,12 @@ class FlagEvent(BaseModel):
     supersedes: str | None = Field(
         None, description="event_id of the revision this one replaces; null for revision 1."
     )
+    evidence_url: str | None = Field(
+        None,
+        description="Signed, expiring link to the decision's evidence page (frames, faces, where the model "
+        "looked, score over time); null when no evidence was kept or links are not configured. Valid until "
+        "the evidence is deleted (DFG_EVIDENCE_RETENTION_SECONDS).",
+    )
 
 
 FlagsSchemaVersion = Literal[1, 2]
@@ -231,7 +237,7 @@ def encode_flag_event(event: FlagEvent, version: FlagsSchemaVersion = SCHEMA_VER
             f"flag event {event.event_id} is revision {event.revision}: schema version 1 cannot carry "
             "revisions (set DFG_FLAGS_SCHEMA_VERSION=2)"
         )
-    fields = event.model_dump(exclude={"schema_version", "revision", "supersedes"})
+    fields = event.model_dump(exclude={"schema_version", "revision", "supersedes", "evidence_url"})
     return FlagEventV1.model_validate({**fields, "schema_version": 1}).model_dump_json().encode()
 
 

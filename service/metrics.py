@@ -20,6 +20,12 @@ __all__ = [
     "EVENTS_DEAD_LETTERED",
     "EVENTS_PRODUCED",
     "EVENT_LATENCY",
+    "EVIDENCE_BYTES",
+    "EVIDENCE_CAPTURES",
+    "EVIDENCE_OVERLAYS",
+    "EVIDENCE_OVERLAY_SECONDS",
+    "EVIDENCE_PURGED",
+    "EVIDENCE_QUEUE_DEPTH",
     "HTTP_CONNECTIONS_CUT",
     "INFERENCE_CALLS",
     "INFERENCE_DURATION",
@@ -201,6 +207,37 @@ SHADOW_QUEUE_DEPTH = Gauge("dfguard_shadow_queue_depth", "Media waiting for the 
 REVISIONS_PENDING = Gauge(
     "dfguard_revisions_pending",
     "Re-decisions (dfguard rescore) stored whose flag event the broker has not acknowledged (the outbox).",
+)
+EVIDENCE_BYTES = Gauge(
+    "dfguard_evidence_stored_bytes",
+    "Evidence bytes (pictures and documents) stored in the decision store, by tenant.",
+    ["tenant"],
+)
+EVIDENCE_PURGED = Counter(
+    "dfguard_evidence_purged_total",
+    "Evidence items deleted, by reason: expired (retention purge), quota (the tenant's oldest, evicted for a "
+    "new one), erased (DELETE .../evidence).",
+    ["reason"],
+)
+EVIDENCE_CAPTURES = Counter(
+    "dfguard_evidence_captures_total",
+    "Evidence captures of decisions and jobs (DFG_EVIDENCE_FOR), by outcome: stored, over_quota (one item "
+    "larger than the tenant's quota), store_unavailable (lost; the decision is not).",
+    ["outcome"],
+)
+EVIDENCE_OVERLAYS = Counter(
+    "dfguard_evidence_overlays_total",
+    "Sensitivity overlays of stored evidence, by outcome: ready, failed, queue_full (skipped: the lane was "
+    "full), gone (the evidence was erased or purged meanwhile), shutdown.",
+    ["outcome"],
+)
+EVIDENCE_OVERLAY_SECONDS = Histogram(
+    "dfguard_evidence_overlay_seconds",
+    "Time to compute and store one capture's sensitivity overlays on the low-priority lane.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60),
+)
+EVIDENCE_QUEUE_DEPTH = Gauge(
+    "dfguard_evidence_queue_depth", "Captures waiting for the evidence overlay lane."
 )
 
 

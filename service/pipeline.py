@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from service.config import Settings
 from service.decision import Policy, Verdict, ensemble_policy, judge
+from service.evidence.capture import CapturedEvidence, EvidenceFor, capture
 from service.faces import (
     Detection,
     FaceDetector,
@@ -76,10 +77,12 @@ class CutCrops:
 
 
 class Scored(NamedTuple):
-    """A pipeline's answer, and the crops cut for extra models (None when none were asked for)."""
+    """A pipeline's answer, the crops cut for extra models (None when none were asked for), and the evidence
+    captured for reviewers (None unless asked for and the decision calls for it)."""
 
     result: ScoreResult
     extra: CutCrops | None
+    evidence: CapturedEvidence | None = None
 
 
 ExtraModels = Callable[[str], Sequence[ModelManifest]]
@@ -259,32 +262,50 @@ class Pipeline:
         """Score the media at `path`. Raises a `MediaError` for media that cannot be analysed."""
         return self.score_pending(PendingMedia(path, self.settings))
 
-    def score_file_with(self, path: str | Path, extra: ExtraModels) -> Scored:
-        """`score_file`, also cutting crops for the models `extra` names (a shadow ensemble)."""
-        return self._score_pending(PendingMedia(path, self.settings), extra)
+    def score_file_with(
+        self, path: str | Path, extra: ExtraModels | None, evidence: EvidenceFor | None = None
+    ) -> Scored:
+        """`score_file`, also cutting crops for the models `extra` names (a shadow ensemble), and capturing
+        evidence when `evidence` is given and the decision calls for it."""
+        return self._score_pending(PendingMedia(path, self.settings), extra, evidence)
 
     def score_pending(self, pending: PendingMedia) -> ScoreResult:
         """Score media whose decoding has already started (see `PendingMedia`); releases its frames."""
-        return self._score_pending(pending, None).result
+        return self._score_pending(pending, None, None).result
 
-    def _score_pending(self, pending: PendingMedia, extra: ExtraModels | None) -> Scored:
+    def _score_pending(
+        self, pending: PendingMedia, extra: ExtraModels | None, evidence: EvidenceFor | None
+    ) -> Scored:
         try:
             sha = file_sha256(pending.path)
             media = pending.result()
-            return self._score_media(media, sha, pending.started, extra)
+            return self._score_media(media, sha, pending.started, extra, evidence)
         finally:
             pending.close()
 
     def score_media(self, media: SampledMedia, sha: str, started: float) -> ScoreResult:
         """Score decoded media (`started`: perf_counter when its decoding began, for the timings)."""
-        return self._score_media(media, sha, started, None).result
+        return self._score_media(media, sha, started, None, None).result
 
-    def score_media_with(self, media: SampledMedia, sha: str, started: float, extra: ExtraModels) -> Scored:
-        """`score_media`, also cutting crops for the models `extra` names, from the same classified faces."""
-        return self._score_media(media, sha, started, extra)
+    def score_media_with(
+        self,
+        media: SampledMedia,
+        sha: str,
+        started: float,
+        extra: ExtraModels | None,
+        evidence: EvidenceFor | None = None,
+    ) -> Scored:
+        """`score_media`, also cutting crops for the models `extra` names, from the same classified faces,
+        and capturing evidence when `evidence` is given and the decision calls for it."""
+        return self._score_media(media, sha, started, extra, evidence)
 
     def _score_media(
-        self, media: SampledMedia, sha: str, started: float, extra: ExtraModels | None
+        self,
+        media: SampledMedia,
+        sha: str,
+        started: float,
+        extra: ExtraModels | None,
+        evidence: EvidenceFor | None,
     ) -> Scored:
         t1 = time.perf_counter()
         faces = self.detect(media)
@@ -293,16 +314,20 @@ class Pipeline:
         verdict = self.verdict(media, stage)
         t3 = time.perf_counter()
         result = self._result(media, sha, stage, verdict, (t1 - started, t2 - t1, t3 - t2, t3 - started))
+        # After the primary's timings: neither the extra cut nor the evidence is the answer's cost. The frames
+        # are still alive.
         models = extra(sha) if extra is not None else ()
-        if not models:
-            return Scored(result, None)
-        # After the primary's timings: the extra cut is not the answer's cost. The frames are still alive.
-        cut = CutCrops(
-            cut_crops(media, stage.crop_faces, models),
-            list(stage.crop_frames),
-            media.header.partial,
-        )
-        return Scored(result, cut)
+        cut = None
+        if models:
+            cut = CutCrops(
+                cut_crops(media, stage.crop_faces, models),
+                list(stage.crop_frames),
+                media.header.partial,
+            )
+        kept = None
+        if evidence is not None and evidence.wanted(result):
+            kept = capture(media, stage.faces, stage.face_scores, stage.face_scored, self.models, evidence)
+        return Scored(result, cut, kept)
 
     def _result(
         self,

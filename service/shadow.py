@@ -21,10 +21,6 @@ flag event. Nothing here does I/O of its own.
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +30,7 @@ import numpy as np
 from service import metrics
 from service.decision import Policy, Thresholds, Verdict, ensemble_policy, judge
 from service.inference import InferenceBackend
+from service.lanes import LowPriorityLane
 from service.models import EnsembleManifest, ModelManifest
 from service.pipeline import CutCrops, ensemble_ref
 from service.schemas import Decision, ModelRef, ShadowSource
@@ -147,19 +144,6 @@ class ShadowVerdict:
 ShadowSink = Callable[[ShadowVerdict], object]  # its return value is ignored
 
 
-def _lower_priority() -> None:
-    """Give the calling thread the lowest CPU priority (nice 19), where the OS allows it.
-
-    On Linux a thread has its own nice value (`setpriority` on its thread id), and with one intra-op thread
-    ONNX Runtime computes on the calling thread: the shadow then only uses CPU time the primary leaves idle,
-    instead of taking an equal share of a saturated machine.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the lane still works, at normal priority
-        log.info("shadow lane runs at normal CPU priority (setpriority unavailable)")
-
-
 class ShadowLane:
     """One daemon thread scoring `ShadowWork` with the shadow's backend, fed through a bounded queue.
 
@@ -177,35 +161,31 @@ class ShadowLane:
         self.sink = sink
         self.model_ref = shadow.model_ref
         self.policy = shadow.policy
-        self._queue: queue.Queue[ShadowWork | None] = queue.Queue(maxsize=maxsize)
-        self._closed = threading.Event()
-        # Orders offers against `close`: an offer that saw the lane open is queued before the stop mark.
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="dfguard-shadow", daemon=True)
-        self._thread.start()
+        self._lane: LowPriorityLane[ShadowWork] = LowPriorityLane(
+            "dfguard-shadow",
+            self._score,
+            maxsize=maxsize,
+            depth=metrics.SHADOW_QUEUE_DEPTH,
+            dropped=lambda _: metrics.SHADOW_SKIPPED.labels(reason="shutdown").inc(),
+        )
         for reason in SKIP_REASONS:
             metrics.SHADOW_SKIPPED.labels(reason=reason)
 
     def models_for(self, sha256: str) -> Sequence[ModelManifest]:
         """`ShadowModels.models_for`: what the pipeline passes as `extra` (none once the lane is closed)."""
-        return () if self._closed.is_set() else self.shadow.models_for(sha256)
+        return () if self._lane.closed else self.shadow.models_for(sha256)
 
     def offer(self, work: ShadowWork) -> bool:
         """Queue `work` for the shadow if there is room; False (and counted) when it was skipped."""
         if not work.crops.crop_frames:  # no face: both arms would say allow without looking
             metrics.SHADOW_SKIPPED.labels(reason="no_faces_cut").inc()
             return False
-        with self._lock:
-            if self._closed.is_set():  # a medium still being scored when the lane closed
-                metrics.SHADOW_SKIPPED.labels(reason="shutdown").inc()
-                return False
-            try:
-                self._queue.put_nowait(work)
-            except queue.Full:
-                metrics.SHADOW_SKIPPED.labels(reason="queue_full").inc()
-                return False
-        metrics.SHADOW_QUEUE_DEPTH.set(self._queue.qsize())
-        return True
+        put = self._lane.put(work)
+        if put == "queued":
+            return True
+        # closed: a medium still being scored when the lane closed
+        metrics.SHADOW_SKIPPED.labels(reason="queue_full" if put == "queue_full" else "shutdown").inc()
+        return False
 
     def offer_scored(
         self,
@@ -235,15 +215,6 @@ class ShadowLane:
         """The shadow's verdict on `crops`: one queued item's work, on the caller's thread."""
         return self.shadow.judge(self.backend, crops, self.policy)
 
-    def _run(self) -> None:
-        _lower_priority()
-        while True:
-            work = self._queue.get()
-            metrics.SHADOW_QUEUE_DEPTH.set(self._queue.qsize())
-            if work is None:
-                return
-            self._score(work)
-
     def _score(self, work: ShadowWork) -> None:
         subject = work.subject
         try:
@@ -272,33 +243,5 @@ class ShadowLane:
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work, finish what is queued within `timeout` seconds (the rest is dropped and counted
         as `shutdown`), release the backend. Offers from then on are refused and counted as `shutdown`."""
-        with self._lock:
-            if self._closed.is_set():
-                return
-            self._closed.set()
-        deadline = time.monotonic() + timeout
-        while True:  # room for the stop mark, dropping queued work only once time runs out
-            try:
-                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()) or 0.01)
-                break
-            except queue.Full:
-                if time.monotonic() >= deadline:
-                    self._drop_queued()
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            log.warning("shadow lane still scoring at shutdown: left behind")
-        else:
+        if self._lane.close(timeout):
             self.backend.close()
-        metrics.SHADOW_QUEUE_DEPTH.set(0)
-
-    def _drop_queued(self) -> None:
-        dropped = 0
-        while True:
-            try:
-                self._queue.get_nowait()
-                dropped += 1
-            except queue.Empty:
-                break
-        if dropped:
-            metrics.SHADOW_SKIPPED.labels(reason="shutdown").inc(dropped)
-            log.warning("shadow work dropped at shutdown", extra={"count": dropped})

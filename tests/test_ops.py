@@ -693,10 +693,19 @@ def test_dashboard_is_complete_and_provisioned(built: dict[str, list[dict[str, A
         "sum by (reason) (rate(dfguard_shadow_skipped_total",
         "sum by (le) (rate(dfguard_shadow_score_difference_bucket",
         "dfguard_shadow_queue_depth{",
+        # Evidence for reviewers: each gateway and worker reports the store's bytes per tenant (max, not sum).
+        "max by (tenant) (dfguard_evidence_stored_bytes{",
+        "sum by (reason) (rate(dfguard_evidence_purged_total",
+        "sum by (outcome) (rate(dfguard_evidence_captures_total",
+        "sum by (outcome) (rate(dfguard_evidence_overlays_total",
+        "dfguard_evidence_queue_depth{",
+        "histogram_quantile(0.95, sum by (job, le) (rate(dfguard_evidence_overlay_seconds_bucket",
     ):
         assert needle in exprs, needle
+    assert "sum by (tenant) (dfguard_evidence_stored_bytes" not in exprs  # would count the store once per pod
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
     assert "Rollouts: shadow model" in rows
+    assert "Evidence for reviewers" in rows
     # Triton's ensembles only forward to their members: per-member panels leave both out.
     assert 'model!="ensemble"' not in exprs and 'model!~"ensemble|shadow_ensemble"' in exprs
 

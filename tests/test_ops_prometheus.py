@@ -71,7 +71,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 @pytest.fixture(scope="module")
 def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`dfguard serve` in its own process (a clean metrics registry), on the test's Triton, with a shadow
-    ensemble scoring every medium."""
+    ensemble scoring every medium, and evidence kept for every job (its overlays computed on Triton)."""
     workdir = tmp_path_factory.mktemp("ops-gateway")
     with dfguard_serve(
         workdir,
@@ -85,6 +85,7 @@ def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> I
         DFG_INFERENCE_THREADS="1",
         DFG_SHADOW_MODEL_PATHS=json.dumps([str(SHADOW)]),
         DFG_SHADOW_SAMPLE="1",
+        DFG_EVIDENCE_FOR="all",
     ) as url:
         yield url
 
@@ -100,6 +101,21 @@ def _shadow_compared(url: str) -> float:
     return sum(float(v) for v in re.findall(r"^dfguard_shadow_decisions_total\{[^}]*\} (\S+)$", text, re.M))
 
 
+def _job_evidence_then_erasure(url: str, clip: bytes) -> None:
+    """A job keeps evidence, its overlays are computed through Triton, then it is erased: the evidence
+    series (stored bytes, captures, overlays, purged) all have samples."""
+    r = httpx.post(f"{url}/v1/jobs", files={"file": ("clip.mp4", clip, "video/mp4")}, timeout=60)
+    assert r.status_code == 202, r.text
+    page = f"{url}/v1/jobs/{r.json()['job_id']}/evidence"
+
+    def overlays() -> str | None:
+        got = httpx.get(page, params={"format": "json"}, timeout=10)
+        return str(got.json()["overlays"]) if got.status_code == 200 else None
+
+    wait_until(lambda: overlays() == "ready", 120, interval=0.25, what="the job's evidence overlays")
+    assert httpx.delete(page, timeout=10).status_code == 204
+
+
 @pytest.fixture(scope="module")
 def traffic(gateway: str, triton: TritonServer, face_clip: Path) -> None:
     """Observations behind every gateway and Triton series the dashboard and the alerts use."""
@@ -107,6 +123,7 @@ def traffic(gateway: str, triton: TritonServer, face_clip: Path) -> None:
     assert _post(gateway, "clip.mp4", clip) == 200  # decisions, stages, inference, Triton counts
     # The shadow scores after the answer, on its own lane: wait for it before Triton goes away.
     wait_until(lambda: _shadow_compared(gateway) >= 1, 60, interval=0.25, what="the shadow's comparison")
+    _job_evidence_then_erasure(gateway, clip)
     assert _post(gateway, "empty.mp4", b"") == 400  # dfguard_errors_total{code="empty_media"}, a 4xx
     triton.kill()
     assert _post(gateway, "clip.mp4", clip) == 503  # backend_unavailable: the 5xx the error ratio counts

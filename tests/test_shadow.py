@@ -111,7 +111,7 @@ def test_zero_sample_cuts_nothing_and_builds_no_lane(pipeline: Pipeline, face_cl
 def test_shadow_crops_come_from_the_faces_the_primary_classified(pipeline: Pipeline, face_clip: Path) -> None:
     shadow = _shadow_models(1.0)
     plain = pipeline.score_file(face_clip)
-    result, cut = pipeline.score_file_with(face_clip, shadow.models_for)
+    result, cut, _ = pipeline.score_file_with(face_clip, shadow.models_for)
     assert cut is not None and set(cut.crops_by_model) == {SHADOW_NAME}
     crops = cut.crops_by_model[SHADOW_NAME]
     assert crops.shape == (plain.crops_scored, 224, 224, 3) and crops.dtype == np.uint8 and crops.any()
@@ -190,7 +190,7 @@ def test_the_lane_scores_at_the_lowest_cpu_priority(
     lane, _, entered, release = blocked_lane
     assert lane.offer(_work())
     assert entered.wait(30)  # the lane's thread is running (and has set its priority before taking work)
-    tid = lane._thread.native_id
+    tid = lane._lane.native_id
     assert tid is not None
     assert os.getpriority(os.PRIO_PROCESS, tid) == 19, "the shadow only takes CPU the primary leaves idle"
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -380,8 +380,8 @@ def test_a_request_past_its_deadline_offers_nothing(
     cut: list[bool] = []
     score_file_with = pipeline.score_file_with
 
-    def scored(path: Path, extra: Any) -> Any:
-        got = score_file_with(path, extra)
+    def scored(path: Path, extra: Any, *rest: Any) -> Any:
+        got = score_file_with(path, extra, *rest)
         cut.append(got.extra is not None)
         return got
 

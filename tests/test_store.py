@@ -53,7 +53,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionSt
     if request.param == "postgresql":  # one cluster for the session: leave it empty for the next test
         with s.engine.begin() as conn:
             conn.exec_driver_sql(
-                "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions RESTART IDENTITY"
+                "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions, evidence, "
+                "evidence_pictures "
+                "RESTART IDENTITY"
             )
     s.close()
 
@@ -398,7 +400,9 @@ def test_concurrent_drains_on_postgresql_do_not_share_rows(postgres: PostgresSer
     finally:
         with a.engine.begin() as conn:
             conn.exec_driver_sql(
-                "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions RESTART IDENTITY"
+                "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions, evidence, "
+                "evidence_pictures "
+                "RESTART IDENTITY"
             )
         a.close()
         b.close()

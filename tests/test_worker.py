@@ -586,7 +586,9 @@ def test_the_worker_stores_decisions_in_postgresql(
     s = _settings(kafka, topics, tmp_path, media_root, database_url=postgres.url)
     with DecisionStore(s.database_url).engine.begin() as conn:  # the cluster is shared by the session
         conn.exec_driver_sql(
-            "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions RESTART IDENTITY"
+            "TRUNCATE decisions, frame_hashes, shadow_results, decision_revisions, evidence, "
+            "evidence_pictures "
+            "RESTART IDENTITY"
         )
     with running_worker(build_worker(s, pipeline)):
         producer.send(topics.uploads, upload_event("pg-1", file_uri(media_root / "a.mp4")))

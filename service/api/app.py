@@ -30,9 +30,9 @@ from service import __version__, metrics
 from service.api.edge import CLIENT_CLOSED_REQUEST, Edge, error_response
 from service.api.fairness import FairSlots, TenantRates
 from service.api.jobs import JobStore
-from service.api.routes import decisions, health, jobs, score
+from service.api.routes import decisions, evidence, health, jobs, score
 from service.api.scoring import ScoringService
-from service.compose import build_pipeline, build_shadow_lane
+from service.compose import build_evidence_keeper, build_pipeline, build_shadow_lane
 from service.config import Settings
 from service.errors import MediaTooLarge, ModerationError, OverCapacity, UploadTimeout, classify
 from service.pipeline import Pipeline
@@ -70,7 +70,12 @@ def create_app(
         # Shadow rows go to the same store; while it is down they are counted and lost, nothing else.
         shadow = await asyncio.to_thread(build_shadow_lane, settings, store.put_shadow)
         app.state.shadow = shadow
-        app.state.scoring = ScoringService(settings, p, shadow)
+        # Evidence of jobs (and, with the worker, of its decisions) goes to the same store.
+        evidence = await asyncio.to_thread(build_evidence_keeper, settings, lambda: store)
+        app.state.evidence = evidence
+        if evidence is not None:
+            evidence.start_purging()
+        app.state.scoring = ScoringService(settings, p, shadow, evidence)
         try:
             await asyncio.to_thread(store.ensure_schema)
         except SQLAlchemyError as exc:
@@ -83,7 +88,7 @@ def create_app(
         if with_worker:
             from service.worker import build_worker  # Kafka only where it is used
 
-            worker = build_worker(settings, p, store, shadow=shadow)
+            worker = build_worker(settings, p, store, shadow=shadow, evidence=evidence)
             worker_thread = threading.Thread(target=worker.run, name="dfguard-worker", daemon=True)
             worker_thread.start()
         log.info("ready", extra={"model": p.model_ref.name, "version": p.model_ref.version})
@@ -98,6 +103,8 @@ def create_app(
             app.state.scoring.close()
             if shadow is not None:  # before the store it writes to
                 await asyncio.to_thread(shadow.close)
+            if evidence is not None:
+                await asyncio.to_thread(evidence.close)
             store.close()
             if pipeline is None:
                 p.close()
@@ -128,6 +135,7 @@ def create_app(
     app.include_router(score.router, tags=["scoring"])
     app.include_router(jobs.router, tags=["jobs"])
     app.include_router(decisions.router, tags=["decisions"])
+    app.include_router(evidence.router, tags=["evidence"])
     app.include_router(health.router, tags=["operations"])
 
     @app.exception_handler(ModerationError)

@@ -14,6 +14,9 @@ With a shadow lane, media in the shadow's arm also get the shadow's crops cut wh
 they are offered to the lane (which never blocks) once the primary answer is delivered, and scored on the
 lane's own thread after it has gone (`service/shadow.py`). A request that timed out (504) offers nothing: its
 client got no primary decision to compare with.
+
+Jobs whose decision calls for it (`DFG_EVIDENCE_FOR`) have their evidence captured while the frames are
+alive and stored under the job id before the job reads as succeeded; `/v1/score` answers keep none.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from service import metrics
 from service.api.fairness import FairSlots, SlotsFull
 from service.config import Settings
 from service.errors import DeadlineExceeded
+from service.evidence.capture import EvidenceFor
+from service.evidence.document import AuditEntry
+from service.evidence.keeper import EvidenceKeeper
 from service.pipeline import Pipeline, Scored
 from service.schemas import ScoreResult
 from service.shadow import ShadowLane
@@ -36,10 +42,18 @@ __all__ = ["ScoringService"]
 
 
 class ScoringService:
-    def __init__(self, settings: Settings, pipeline: Pipeline, shadow: ShadowLane | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        shadow: ShadowLane | None = None,
+        evidence: EvidenceKeeper | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.shadow = shadow
+        self.evidence = evidence
+        self.capture = EvidenceFor.from_settings(settings) if evidence is not None else None
         self.workers = settings.workers
         self.slots = FairSlots(
             "scoring",
@@ -70,7 +84,8 @@ class ScoringService:
     ) -> ScoreResult:
         """Score `path` on a worker thread for `tenant`. `deadline` (a `loop.time()` value) covers the wait
         for a slot too; None (accepted jobs): wait for the tenant's turn however long, then
-        `request_timeout_seconds` for the scoring itself. `job_id` names the medium in a shadow row.
+        `request_timeout_seconds` for the scoring itself. `job_id` names the medium in a shadow row and its
+        evidence (jobs only keep evidence).
 
         Raises `SlotsFull` (429) when `bounded` and the waiting room is full for this tenant."""
         loop = asyncio.get_running_loop()
@@ -98,10 +113,13 @@ class ScoringService:
 
             loop.call_soon_threadsafe(_release)
 
-        future = loop.run_in_executor(self.executor, self._score_file, path)
+        capture = self.capture if job_id is not None else None
+        future = loop.run_in_executor(self.executor, self._score_file, path, capture)
         future.add_done_callback(_done)
         try:
-            result, cut = await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+            result, cut, captured = await asyncio.wait_for(
+                asyncio.shield(future), max(0.0, deadline - loop.time())
+            )
         except TimeoutError:
             raise DeadlineExceeded(
                 f"scoring did not finish within {self.settings.request_timeout_seconds:g} s"
@@ -110,14 +128,27 @@ class ScoringService:
             self.shadow.offer_scored(
                 cut, result, source="gateway", tenant=tenant, sha256=result.media.sha256, video_id=job_id
             )
+        if captured is not None and self.evidence is not None and job_id is not None:
+            await asyncio.to_thread(
+                self.evidence.keep,
+                captured,
+                result,
+                subject="job",
+                subject_id=job_id,
+                tenant=tenant,
+                audit=[
+                    AuditEntry(at=self.evidence.clock(), event="decided", detail=f"{result.decision} (job)")
+                ],
+            )
         return result
 
-    def _score_file(self, path: Path) -> Scored:
-        """The pipeline on `path` (on an executor thread), with the shadow's crops for media in its arm."""
+    def _score_file(self, path: Path, capture: EvidenceFor | None) -> Scored:
+        """The pipeline on `path` (on an executor thread), with the shadow's crops for media in its arm and
+        the evidence when `capture` asks for it."""
         lane = self.shadow
-        if lane is None:
+        if lane is None and capture is None:
             return Scored(self.pipeline.score_file(path), None)
-        return self.pipeline.score_file_with(path, lane.models_for)
+        return self.pipeline.score_file_with(path, lane.models_for if lane is not None else None, capture)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

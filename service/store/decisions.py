@@ -39,11 +39,13 @@ from service.events import (
 )
 from service.fingerprint import match_fraction, to_signed, to_unsigned
 from service.schemas import Decision, DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
+from service.store import evidence, revisions
 from service.store import migrate as migrations
-from service.store import revisions
 from service.store.tables import DecisionRow, FrameHashRow, ShadowRow
 
 if TYPE_CHECKING:  # the value type only: the store does not load the scoring core
+    from service.evidence.document import EvidenceDocument, EvidenceSubject, OverlayState, SensitivityMap
+    from service.evidence.pictures import EvidencePictures
     from service.shadow import ShadowVerdict
 
 __all__ = ["DecisionStore", "NewDecision", "StoredDecision", "brief_error", "engine_for"]
@@ -427,3 +429,57 @@ class DecisionStore:
         """A video's flag events, one per revision, oldest first."""
         self.ensure_schema()
         return revisions.revisions_of(self.engine, tenant, video_id)
+
+    # --- evidence pages (retention, quota and erasure; the rules are in service/store/evidence.py) ---------
+
+    def put_evidence(
+        self,
+        document: EvidenceDocument,
+        pictures: EvidencePictures,
+        *,
+        quota_bytes: int,
+        now: datetime | None = None,
+    ) -> int | None:
+        """Store (or replace) a subject's evidence within its tenant's quota, evicting the tenant's oldest;
+        returns its id, or None when it alone exceeds the quota."""
+        self.ensure_schema()
+        return evidence.put(
+            self.engine, document, pictures, quota_bytes=quota_bytes, now=now or datetime.now(UTC)
+        )
+
+    def get_evidence(
+        self, tenant: str, subject: EvidenceSubject, subject_id: str, *, now: datetime | None = None
+    ) -> evidence.StoredEvidence | None:
+        """The tenant's evidence of a decision (video id) or job (job id), unless absent or expired."""
+        self.ensure_schema()
+        return evidence.get(self.engine, tenant, subject, subject_id, now=now or datetime.now(UTC))
+
+    def set_evidence_overlays(
+        self,
+        evidence_id: int,
+        state: OverlayState,
+        sensitivity: Sequence[SensitivityMap],
+        overlays: Sequence[bytes],
+        *,
+        now: datetime | None = None,
+    ) -> bool:
+        """Store an item's overlay pictures and sensitivity maps; False if the item is gone meanwhile."""
+        self.ensure_schema()
+        return evidence.set_overlays(
+            self.engine, evidence_id, state, sensitivity, overlays, now=now or datetime.now(UTC)
+        )
+
+    def erase_evidence(self, tenant: str, subject: EvidenceSubject, subject_id: str) -> bool:
+        """Delete a subject's evidence now (erasure); True if there was any."""
+        self.ensure_schema()
+        return evidence.erase(self.engine, tenant, subject, subject_id)
+
+    def purge_evidence(self, *, now: datetime | None = None) -> int:
+        """Delete all evidence past its retention (`expires_at <= now`); returns how many items."""
+        self.ensure_schema()
+        return evidence.purge(self.engine, now=now or datetime.now(UTC))
+
+    def evidence_bytes(self) -> dict[str, int]:
+        """Evidence bytes stored per tenant (`dfguard_evidence_stored_bytes`)."""
+        self.ensure_schema()
+        return evidence.stored_bytes(self.engine)

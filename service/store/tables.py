@@ -12,13 +12,22 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DecisionRevisionRow", "DecisionRow", "FrameHashRow", "ShadowRow"]
+__all__ = [
+    "Base",
+    "DecisionRevisionRow",
+    "DecisionRow",
+    "EvidencePictureRow",
+    "EvidenceRow",
+    "FrameHashRow",
+    "ShadowRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -149,3 +158,54 @@ class ShadowRow(Base):
     shadow_review_threshold: Mapped[float] = mapped_column(Float)
     shadow_flag_threshold: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EvidenceRow(Base):
+    """The evidence page of one decision (`subject` `decision`, `subject_id` its video id) or gateway job
+    (`job`, the job id), per tenant: its `EvidenceDocument` as JSON, its pictures in `evidence_pictures`.
+
+    Not tied to `decisions` by a foreign key (jobs have no decision row): it lives until `expires_at`
+    (retention, `purge`), an erasure, a re-capture (replaced) or its tenant's quota (oldest first). `nbytes`
+    (pictures + document) is what counts against the quota.
+    """
+
+    __tablename__ = "evidence"
+    __table_args__ = (
+        UniqueConstraint("tenant", "subject", "subject_id", name="uq_evidence_tenant_subject"),
+        Index("ix_evidence_expires_at", "expires_at"),  # the purge
+        Index("ix_evidence_tenant_created_at", "tenant", "created_at"),  # quota eviction, oldest first
+        # ids never reused (SQLite reuses the highest rowid once deleted): an overlay job names its item by
+        # id, and must find it gone after an erasure or re-capture, not write into whichever took its id
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str] = mapped_column(String(256))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    document: Mapped[str] = mapped_column(Text, doc="The `EvidenceDocument` JSON.")
+    overlays: Mapped[str] = mapped_column(
+        String(16), doc="The document's overlay state (pending, ready, ...)."
+    )
+    nbytes: Mapped[int] = mapped_column(BigInteger, doc="Bytes of the pictures plus the document (quota).")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EvidencePictureRow(Base):
+    """One JPEG of an evidence page: `kind` frame, crop or overlay, at `position` in its list."""
+
+    __tablename__ = "evidence_pictures"
+    __table_args__ = (
+        # also the index of the foreign key (cascading deletes, reading one item's pictures)
+        UniqueConstraint(
+            "evidence_id", "kind", "position", name="uq_evidence_pictures_evidence_kind_position"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evidence_id: Mapped[int] = mapped_column(ForeignKey("evidence.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))
+    position: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)

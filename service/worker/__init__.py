@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from service.compose import build_pipeline, build_shadow_lane
+from service.compose import build_evidence_keeper, build_pipeline, build_shadow_lane
 from service.config import Settings
+from service.evidence.keeper import EvidenceKeeper
 from service.pipeline import Pipeline
 from service.shadow import ShadowLane
 from service.store import DecisionStore
@@ -27,6 +28,7 @@ def build_worker(
     store: DecisionStore | None = None,
     *,
     shadow: ShadowLane | None = None,
+    evidence: EvidenceKeeper | None = None,
 ) -> Worker:
     """A worker over the given (or newly built) pipeline and store; `run()` it in a thread or the main one.
 
@@ -36,7 +38,8 @@ def build_worker(
 
     `shadow`: a shadow lane to share (the gateway's, with `serve --with-worker`); without one the worker
     builds its own from `DFG_SHADOW_MODEL_PATHS`, storing through the worker's store, and closes it when it
-    stops."""
+    stops. `evidence`: the same for the evidence keeper (`DFG_EVIDENCE_FOR`), which also purges expired
+    evidence while the worker runs."""
     pipeline = pipeline or build_pipeline(settings)
     stores = (
         LazyStore(store=store)
@@ -56,5 +59,19 @@ def build_worker(
     owns_shadow = shadow is None
     if shadow is None:
         shadow = build_shadow_lane(settings, lambda verdict: stores.get().put_shadow(verdict))
-    handler = EventHandler(settings, pipeline, stores, health, shadow=shadow, owns_shadow=owns_shadow)
+    owns_evidence = evidence is None
+    if evidence is None:
+        evidence = build_evidence_keeper(settings, stores.get)
+        if evidence is not None:
+            evidence.start_purging()
+    handler = EventHandler(
+        settings,
+        pipeline,
+        stores,
+        health,
+        shadow=shadow,
+        owns_shadow=owns_shadow,
+        evidence=evidence,
+        owns_evidence=owns_evidence,
+    )
     return Worker(settings, handler)

@@ -55,6 +55,9 @@ from service.events import (
     flag_event_id,
     parse_flag_event,
 )
+from service.evidence.capture import CapturedEvidence, EvidenceFor
+from service.evidence.document import AuditEntry
+from service.evidence.keeper import EvidenceKeeper
 from service.fingerprint import frame_hashes
 from service.media import PendingMedia
 from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
@@ -70,6 +73,18 @@ __all__ = ["Emission", "EventHandler", "flag_event_id", "top_frames"]
 
 log = logging.getLogger(__name__)
 _TOP_FRAMES = 3
+
+
+@dataclass(frozen=True)
+class Analysed:
+    """One attempt's decision to store, and what to do once it is stored: the shadow's crops when the medium
+    was scored and is in its arm; the evidence captured (with the verdict it explains) when the decision
+    keeps evidence."""
+
+    new: NewDecision
+    cut: CutCrops | None = None
+    evidence: CapturedEvidence | None = None
+    result: ScoreResult | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +121,8 @@ class EventHandler:
 
     `store` may be an open store or a `LazyStore` (opened once the database answers); `health` defaults to
     probes of this handler's inference backend and store. `shadow`: the shadow lane scored media are offered
-    to; the handler closes it when `owns_shadow`."""
+    to; the handler closes it when `owns_shadow`. `evidence`: keeps the evidence of decisions that call for
+    it (`DFG_EVIDENCE_FOR`); the handler closes it when `owns_evidence`."""
 
     def __init__(
         self,
@@ -117,11 +133,16 @@ class EventHandler:
         *,
         shadow: ShadowLane | None = None,
         owns_shadow: bool = False,
+        evidence: EvidenceKeeper | None = None,
+        owns_evidence: bool = False,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.shadow = shadow
         self._owns_shadow = owns_shadow
+        self.evidence = evidence
+        self._owns_evidence = owns_evidence
+        self.capture = EvidenceFor.from_settings(settings) if evidence is not None else None
         self.stores = store if isinstance(store, LazyStore) else LazyStore(store=store)
         self.policy = FetchPolicy.from_settings(settings)
         probes = [inference_probe(pipeline.backend), store_probe(self.stores)]
@@ -139,6 +160,8 @@ class EventHandler:
         self.health.stop()
         if self.shadow is not None and self._owns_shadow:
             self.shadow.close()
+        if self.evidence is not None and self._owns_evidence:
+            self.evidence.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     # --- entry point -------------------------------------------------------------------------------------
@@ -235,15 +258,38 @@ class EventHandler:
             fd, name = tempfile.mkstemp(prefix="dfguard-event-", dir=self.scratch)
             os.close(fd)
             try:
-                new, cut = self._analyse(upload, Path(name), store)
-                stored, created = store.put(new)
+                done = self._analyse(upload, Path(name), store)
+                stored, created = store.put(done.new)
             finally:
                 Path(name).unlink(missing_ok=True)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"decision store: {type(exc).__name__}: {exc}") from exc
-        if cut is not None and created:  # a decision another worker stored first has its own shadow
-            self._offer_shadow(upload, stored, cut)
+        if not created:  # a decision another worker stored first has its own shadow and evidence
+            return stored
+        if done.evidence is not None and done.result is not None:  # before its flag event is produced
+            self._keep_evidence(upload, done.new.flag.decided_at, done.evidence, done.result)
+        if done.cut is not None:
+            self._offer_shadow(upload, stored, done.cut)
         return stored
+
+    def _keep_evidence(
+        self, upload: UploadEvent, at: datetime, captured: CapturedEvidence, result: ScoreResult
+    ) -> None:
+        """Store the decision's evidence, stamped with the decision's time `at` (its link's expiry was fixed
+        from it); the overlays follow on their lane."""
+        assert self.evidence is not None
+        self.evidence.keep(
+            captured,
+            result,
+            subject="decision",
+            subject_id=upload.video_id,
+            tenant=upload.tenant,
+            captured_at=at,
+            audit=[
+                AuditEntry(at=upload.uploaded_at, event="uploaded", detail=f"event {upload.event_id}"),
+                AuditEntry(at=at, event="decided", detail=f"{result.decision} by the worker"),
+            ],
+        )
 
     def _offer_shadow(self, upload: UploadEvent, stored: StoredDecision, cut: CutCrops) -> None:
         """Hand the shadow's crops to its lane (never blocks: a full lane skips and counts)."""
@@ -259,10 +305,8 @@ class EventHandler:
             decision_id=stored.id,
         )
 
-    def _analyse(
-        self, upload: UploadEvent, dest: Path, store: DecisionStore
-    ) -> tuple[NewDecision, CutCrops | None]:
-        """The decision to store, and the shadow's crops when the medium was scored and is in its arm."""
+    def _analyse(self, upload: UploadEvent, dest: Path, store: DecisionStore) -> Analysed:
+        """The decision to store, and what follows it (`Analysed`)."""
         t0 = time.perf_counter()
         try:
             fetched = fetch_to_file_sync(upload.uri, dest, self.policy, tenant=upload.tenant)
@@ -270,7 +314,7 @@ class EventHandler:
             if not exc.review:
                 raise
             # e.g. over the size limit: user content, a person should look
-            return self._media_error(upload, exc, None, {"fetch": _ms(t0), "total": _ms(t0)}), None
+            return Analysed(self._media_error(upload, exc, None, {"fetch": _ms(t0), "total": _ms(t0)}))
         fetch_ms = _ms(t0)
 
         if self.settings.dedup_exact:
@@ -281,7 +325,9 @@ class EventHandler:
                 same = original.tenant == upload.tenant
                 mark = f"duplicate_of:{original.record.video_id}" if same else "duplicate"
                 reasons = [mark, *original.record.reasons]
-                return self._reuse(upload, original, "duplicate", reasons, fetched.sha256, fetch_ms, t0), None
+                return Analysed(
+                    self._reuse(upload, original, "duplicate", reasons, fetched.sha256, fetch_ms, t0)
+                )
 
         t1 = time.perf_counter()
         pending = None
@@ -301,18 +347,15 @@ class EventHandler:
                     else "near_duplicate_of_flagged"
                 )
                 reused = self._reuse(upload, near, "near_duplicate", [mark], fetched.sha256, fetch_ms, t0)
-                return reused, None
-            if self.shadow is not None:
-                result, cut = self.pipeline.score_media_with(
-                    media, fetched.sha256, t1, self.shadow.models_for
-                )
-            else:
-                result, cut = self.pipeline.score_media(media, fetched.sha256, t1), None
+                return Analysed(reused)
+            extra = self.shadow.models_for if self.shadow is not None else None
+            scored = self.pipeline.score_media_with(media, fetched.sha256, t1, extra, self.capture)
+            result = scored.result
         except MediaError as exc:
             if not exc.review:
                 raise
             spent = {"fetch": fetch_ms, "decode": _ms(t1), "total": _ms(t0)}
-            return self._media_error(upload, exc, fetched.sha256, spent), None
+            return Analysed(self._media_error(upload, exc, fetched.sha256, spent))
         finally:
             if pending is not None:
                 pending.close()
@@ -320,7 +363,20 @@ class EventHandler:
         timings = FlagTimings(
             fetch=fetch_ms, decode=t.decode, detect=t.detect, classify=t.classify, total=_ms(t0)
         )
-        flag = self._flag(upload, result.decision, result.score, result.reasons, top_frames(result), timings)
+        decided_at = datetime.now(UTC)
+        link = None
+        if scored.evidence is not None and self.evidence is not None:  # fixed before the decision is stored
+            link = self.evidence.link("decision", upload.video_id, upload.tenant, decided_at)
+        flag = self._flag(
+            upload,
+            result.decision,
+            result.score,
+            result.reasons,
+            top_frames(result),
+            timings,
+            decided_at=decided_at,
+            evidence_url=link,
+        )
         new = NewDecision(
             tenant=upload.tenant,
             origin="scored",
@@ -332,7 +388,7 @@ class EventHandler:
             source_uri=upload.uri,
             schema_version=self.settings.flags_schema_version,
         )
-        return new, cut
+        return Analysed(new, scored.extra, scored.evidence, result)
 
     def _reuse(
         self,
@@ -389,6 +445,9 @@ class EventHandler:
         top_frames: list[FlagFrame],
         timings: FlagTimings,
         model: ModelRef | None = None,
+        *,
+        decided_at: datetime | None = None,
+        evidence_url: str | None = None,
     ) -> FlagEvent:
         return FlagEvent(
             event_id=flag_event_id(upload.tenant, upload.video_id),
@@ -400,8 +459,9 @@ class EventHandler:
             model=model or self.pipeline.model_ref,
             top_frames=top_frames,
             timings_ms=timings,
-            decided_at=datetime.now(UTC),
+            decided_at=decided_at or datetime.now(UTC),
             source_event_id=upload.event_id,
+            evidence_url=evidence_url,
         )
 
 

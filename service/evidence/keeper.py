@@ -1,0 +1,168 @@
+"""Keeping evidence: store a capture, hand its faces to the overlay lane, sign its link, purge.
+
+The one adapter the worker and the gateway share between a pipeline's `CapturedEvidence` and the decision
+store (`service/store/evidence.py`). Storing is synchronous (the worker stores before it emits the decision's
+flag event, so the event's link never points at nothing that was meant to be there); the overlays follow on
+the lane. A capture that cannot be stored is counted and dropped: evidence never costs an upload its verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from service import metrics
+from service.config import Settings
+from service.evidence.capture import CapturedEvidence, document_for
+from service.evidence.document import AuditEntry, EvidenceSubject, OverlayState, SensitivityMap
+from service.evidence.lane import OverlayLane, OverlayWork
+from service.evidence.links import LinkGrant, signed_url
+from service.schemas import ScoreResult
+from service.store import DecisionStore, brief_error
+
+__all__ = ["EvidenceKeeper"]
+
+log = logging.getLogger("dfguard.evidence")
+
+CAPTURE_OUTCOMES = ("stored", "over_quota", "store_unavailable")
+PURGE_REASONS = ("expired", "quota", "erased")
+
+
+class EvidenceKeeper:
+    """Thread-safe. `store` is a callable returning the open store (a `LazyStore.get`, or a store's own)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Callable[[], DecisionStore],
+        lane: OverlayLane | None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.lane = lane
+        self.clock = clock
+        self._stop = threading.Event()
+        self._purger: threading.Thread | None = None
+        self._reported: set[str] = set()  # tenants this process set a stored-bytes gauge for
+        for outcome in CAPTURE_OUTCOMES:
+            metrics.EVIDENCE_CAPTURES.labels(outcome=outcome)
+        for reason in PURGE_REASONS:
+            metrics.EVIDENCE_PURGED.labels(reason=reason)
+
+    # --- links -------------------------------------------------------------------------------------------
+
+    def expiry(self, captured_at: datetime) -> datetime:
+        return captured_at + timedelta(seconds=self.settings.evidence_retention_seconds)
+
+    def link(
+        self, subject: EvidenceSubject, subject_id: str, tenant: str, captured_at: datetime
+    ) -> str | None:
+        """The signed page link, valid as long as the evidence is kept; None without a link secret."""
+        secret = self.settings.evidence_link_secret
+        if not secret:
+            return None
+        expires = int(self.expiry(captured_at).timestamp())
+        return signed_url(self.settings.public_url, secret, LinkGrant(subject, subject_id, tenant, expires))
+
+    # --- storing -----------------------------------------------------------------------------------------
+
+    def keep(
+        self,
+        captured: CapturedEvidence,
+        result: ScoreResult,
+        *,
+        subject: EvidenceSubject,
+        subject_id: str,
+        tenant: str,
+        captured_at: datetime | None = None,
+        audit: Sequence[AuditEntry] = (),
+    ) -> int | None:
+        """Store the capture and queue its overlays; the evidence id, or None when it was not kept."""
+        now = captured_at or self.clock()
+        grid = self.settings.evidence_occlusion_grid
+        document = document_for(
+            captured,
+            result,
+            subject=subject,
+            subject_id=subject_id,
+            tenant=tenant,
+            now=now,
+            retention_seconds=self.settings.evidence_retention_seconds,
+            overlays_planned=self.lane is not None and grid > 0,
+            audit=audit,
+        )
+        try:
+            store = self.store()
+            evidence_id = store.put_evidence(
+                document, captured.pictures, quota_bytes=self.settings.evidence_tenant_quota_bytes, now=now
+            )
+        except Exception as exc:  # noqa: BLE001 - no evidence is better than no verdict
+            log.warning("evidence not stored", extra={"error": brief_error(exc), "media_id": subject_id})
+            metrics.EVIDENCE_CAPTURES.labels(outcome="store_unavailable").inc()
+            return None
+        if evidence_id is None:
+            metrics.EVIDENCE_CAPTURES.labels(outcome="over_quota").inc()
+            return None
+        metrics.EVIDENCE_CAPTURES.labels(outcome="stored").inc()
+        if document.overlays == "pending":
+            assert self.lane is not None
+            work = OverlayWork(evidence_id, captured.crops_by_model, captured.crop_refs)
+            if not self.lane.offer(work):
+                self.store_overlays(evidence_id, "skipped", [], [])
+        return evidence_id
+
+    def store_overlays(
+        self, evidence_id: int, state: OverlayState, maps: list[SensitivityMap], pictures: list[bytes]
+    ) -> bool:
+        """The overlay lane's sink (also marks skipped overlays): False when the evidence is gone."""
+        try:
+            return self.store().set_evidence_overlays(evidence_id, state, maps, pictures, now=self.clock())
+        except Exception as exc:  # the page keeps saying "pending"; counted by the lane
+            log.warning("overlay state not stored", extra={"error": brief_error(exc)})
+            if state == "skipped":
+                return False
+            raise
+
+    # --- retention ---------------------------------------------------------------------------------------
+
+    def purge(self) -> int:
+        """Delete expired evidence and refresh the stored-bytes gauge; the count deleted."""
+        store = self.store()
+        count = store.purge_evidence(now=self.clock())
+        stored = store.evidence_bytes()
+        for tenant in self._reported - set(stored):  # emptied elsewhere (another replica, an erasure)
+            metrics.EVIDENCE_BYTES.labels(tenant=tenant).set(0)
+        for tenant, nbytes in stored.items():
+            metrics.EVIDENCE_BYTES.labels(tenant=tenant).set(nbytes)
+        self._reported |= set(stored)
+        return count
+
+    def start_purging(self) -> None:
+        """Purge now and every `DFG_EVIDENCE_PURGE_INTERVAL_SECONDS` on a daemon thread until `close`; a
+        store that is down is tried again at the next interval (reads hide expired evidence meanwhile)."""
+        if self._purger is not None:
+            return
+        self._purger = threading.Thread(target=self._purge_loop, name="dfguard-evidence-purge", daemon=True)
+        self._purger.start()
+
+    def _purge_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                count = self.purge()
+                if count:
+                    log.info("expired evidence purged", extra={"count": count})
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                log.warning("evidence purge failed", extra={"error": brief_error(exc)})
+            self._stop.wait(self.settings.evidence_purge_interval_seconds)
+
+    def close(self) -> None:
+        """Stop purging and close the overlay lane (it finishes what is queued, within its timeout)."""
+        self._stop.set()
+        if self._purger is not None:
+            self._purger.join(5.0)
+        if self.lane is not None:
+            self.lane.close()
