@@ -97,9 +97,9 @@ class LowPriorityLane(Generic[W]):
             self._handle(item)
 
     def close(self, timeout: float) -> bool:
-        """Stop taking work and finish what is queued within `timeout` seconds (what is left then is dropped,
-        each item through `dropped`). True when the thread has finished: its owner may release what it used;
-        False once (a later call) or when the thread is still busy."""
+        """Stop taking work and finish what is queued within `timeout` seconds (what the thread has not taken
+        by then is dropped, each item through `dropped`). True when the thread has finished: its owner may
+        release what it used; False on a later call, or when the thread is still busy."""
         with self._lock:
             if self._closed.is_set():
                 return False
@@ -114,16 +114,23 @@ class LowPriorityLane(Generic[W]):
                     self._drop_queued()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         self._depth.set(0)
-        if self._thread.is_alive():
+        if self._thread.is_alive():  # busy past the timeout: what it has not taken yet is dropped
+            self._drop_queued()
             log.warning("%s still working at shutdown: left behind", self._thread.name)
             return False
         return True
 
     def _drop_queued(self) -> None:
+        """Drop every queued item; the stop mark, if it was queued, goes back in (the thread ends on it)."""
+        stop_mark = False
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return
-            if item is not None:
+                break
+            if item is None:
+                stop_mark = True
+            else:
                 self._dropped(item)
+        if stop_mark:
+            self._queue.put_nowait(None)  # room: the queue was just emptied, and puts are refused now

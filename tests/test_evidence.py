@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Gauge
+from sqlalchemy.exc import OperationalError
 
 from devtools import media_factory as mf
 from devtools.kafka_broker import KafkaBroker
@@ -33,16 +35,17 @@ from devtools.kafka_tools import (
     worker_settings,
 )
 from devtools.servers import gateway, wait_until
-from service.compose import build_backend
+from service.compose import build_backend, build_evidence_keeper
 from service.config import Settings
 from service.events import parse_flag_event
 from service.evidence.capture import EvidenceFor, choose_frames, wants_evidence
 from service.evidence.keeper import EvidenceKeeper
 from service.evidence.lane import OverlayLane
 from service.evidence.links import LinkGrant, sign, signed_url, verify
+from service.lanes import LowPriorityLane
 from service.pipeline import Pipeline
 from service.store import DecisionStore
-from service.worker import build_worker
+from service.worker import EventHandler, build_worker
 
 SECRET = "evidence-link-secret-for-tests"
 HOSTILE = '<script>alert("x")</script>"><img src=x onerror=alert(1)>'
@@ -63,15 +66,27 @@ def _decode(jpeg: bytes) -> np.ndarray:
 
 def test_kept_frames_are_the_most_suspicious_spread_over_time() -> None:
     scores: list[float | None] = [0.1] * 32
-    scores[10:16] = [0.90, 0.95, 0.97, 0.96, 0.94, 0.93]  # one long peak
+    scores[10:16] = [0.90, 0.95, 0.97, 0.96, 0.94, 0.93]  # one short peak
     scores[28] = 0.5
     kept = choose_frames(scores, 6)
     assert len(kept) == 6 and kept == sorted(kept)
     assert 12 in kept, "the most suspicious frame is kept"
     assert 28 in kept, "a second, distant peak is kept rather than a sixth neighbour of the first"
-    assert min(b - a for a, b in itertools.pairwise(kept)) >= 32 // 12
+    assert min(b - a for a, b in itertools.pairwise(kept)) >= 32 // 6
+
+    plateau: list[float | None] = [0.1] * 60
+    plateau[5:35] = [0.9] * 30  # a long suspicious stretch, half the video
+    plateau[50] = 0.8  # and a lower peak after it
+    kept = choose_frames(plateau, 6)
+    assert 50 in kept, "the second peak is not crowded out by the long stretch"
+    assert sum(5 <= i < 35 for i in kept) <= 4, "the stretch gets frames about in proportion to its length"
+    assert min(b - a for a, b in itertools.pairwise(kept)) >= 5, "relaxed by halves, never to neighbours"
+
     assert choose_frames([None, None, None, None], 2) == [0, 3], "no face: evenly spaced"
+    assert choose_frames([None] * 3, 6) == [0, 1, 2], "no face, fewer frames than asked: all of them"
+    assert choose_frames([None] * 4, 6) == [0, 1, 2, 3]
     assert choose_frames([0.2, 0.9], 6) == [0, 1], "never more frames than there are"
+    assert choose_frames([0.9, None, 0.2], 2) == [0, 2], "a frame without a face comes last"
     assert choose_frames([], 6) == []
 
 
@@ -198,6 +213,125 @@ def test_a_full_overlay_lane_skips_never_blocks_and_says_so(
         release.set()
         keeper.close()
         store.close()
+
+
+class _RefusingStore(DecisionStore):
+    """A real store whose evidence writes fail, as a full disk would: decisions still go in."""
+
+    def put_evidence(self, *args: Any, **kwargs: Any) -> int | None:
+        raise OperationalError("INSERT INTO evidence ...", {}, Exception("database or disk is full"))
+
+
+def test_the_worker_links_stored_evidence_only_and_overlays_follow_the_flag_event(
+    pipeline: Pipeline, face_clip: Path, tmp_path: Path
+) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(face_clip, media / "a.mp4")
+    shutil.copy(face_clip, media / "b.mp4")
+    s = Settings(
+        database_url=f"sqlite:///{tmp_path / 'd.sqlite3'}",
+        file_uri_root=media,
+        evidence_for="all",
+        evidence_link_secret=SECRET,
+        evidence_occlusion_grid=2,
+        dedup_exact=False,
+    )
+    stop = threading.Event()
+
+    def event(video_id: str, name: str) -> bytes:
+        return json.dumps(upload_event(video_id, file_uri(media / name))).encode()
+
+    refusing = _RefusingStore(s.database_url)
+    handler = EventHandler(s, pipeline, refusing, evidence=EvidenceKeeper(s, lambda: refusing, None))
+    try:
+        lost = handler.handle(event("v-lost", "a.mp4"), stop)
+        assert lost.kind == "flag" and parse_flag_event(lost.value).evidence_url is None, "no link to nothing"
+        assert refusing.get("acme", "v-lost") is not None, "the decision stands without its evidence"
+    finally:
+        handler.close()
+        refusing.close()
+
+    store = DecisionStore(s.database_url)
+    keeper = build_evidence_keeper(s, lambda: store)
+    assert keeper is not None and keeper.lane is not None
+    handler = EventHandler(s, pipeline, store, evidence=keeper, owns_evidence=True)
+    try:
+        kept = handler.handle(event("v-kept", "a.mp4"), stop)
+        assert parse_flag_event(kept.value).evidence_url is not None
+        found = store.get_evidence("acme", "decision", "v-kept")
+        assert found is not None and found.document.overlays == "pending", "nothing before the flag event"
+        assert kept.follow_up is not None
+        kept.follow_up(True)  # the runner: the flag event was acknowledged
+        wait_until(
+            lambda: store.get_evidence("acme", "decision", "v-kept").document.overlays == "ready",  # type: ignore[union-attr]
+            60,
+            what="the overlays after the flag event",
+        )
+        stopping = handler.handle(event("v-stopping", "b.mp4"), stop)
+        assert stopping.follow_up is not None
+        stopping.follow_up(False)  # stopping before the flag event was acknowledged
+        skipped = store.get_evidence("acme", "decision", "v-stopping")
+        assert skipped is not None and skipped.document.overlays == "skipped"
+        again = handler.handle(event("v-kept", "a.mp4"), stop)
+        assert again.value == kept.value and again.follow_up is None, "a redelivery re-emits, nothing more"
+    finally:
+        handler.close()
+        store.close()
+
+
+def test_overlays_count_against_the_quota(pipeline: Pipeline, face_clip: Path, tmp_path: Path) -> None:
+    """Overlays stored later evict the tenant's oldest evidence like a capture does; never another's."""
+    s = Settings(database_url=f"sqlite:///{tmp_path / 'd.sqlite3'}", evidence_occlusion_grid=2)
+    store = DecisionStore(s.database_url)
+    keeper = EvidenceKeeper(s, lambda: store, None)
+    try:
+        scored = pipeline.score_file_with(face_clip, None, EvidenceFor("all", 2, 320, 80, None))
+        assert scored.evidence is not None
+        ids = [
+            keeper.keep(scored.evidence, scored.result, subject="job", subject_id=f"j{i}", tenant=t)
+            for i, t in enumerate(["acme", "acme", "other"])
+        ]
+        assert all(ids)
+        one = store.get_evidence("acme", "job", "j1")
+        assert one is not None
+        size = sum(len(b) for b in (*one.pictures.frames, *one.pictures.crops))
+        quota = 2 * size + 4096  # room for both captures, not for both and these overlays
+        big = [bytes(size // 2)] * 2
+        assert store.set_evidence_overlays(ids[1] or 0, "ready", [], big, quota_bytes=quota)
+        assert store.get_evidence("acme", "job", "j0") is None, "the tenant's oldest made room"
+        assert store.get_evidence("other", "job", "j2") is not None, "never another tenant's"
+        assert (store.evidence_bytes()["acme"]) <= quota
+        huge = [bytes(quota)]
+        assert store.set_evidence_overlays(ids[1] or 0, "ready", [], huge, quota_bytes=quota)
+        shown = store.get_evidence("acme", "job", "j1")
+        assert shown is not None and shown.document.overlays == "skipped" and not shown.pictures.overlays
+    finally:
+        keeper.close()
+        store.close()
+
+
+def test_a_lane_closing_while_busy_drops_what_it_has_not_taken() -> None:
+    """Every item is handled or dropped exactly once, even when the thread outlives `close`'s timeout."""
+    handled: list[int] = []
+    dropped: list[int] = []
+    gauge = Gauge("dfguard_test_lane_depth", "test lane depth")
+
+    def slow(item: int) -> None:
+        time.sleep(0.5)
+        handled.append(item)
+
+    lane: LowPriorityLane[int] = LowPriorityLane(
+        "test-lane", slow, maxsize=8, depth=gauge, dropped=dropped.append
+    )
+    assert [lane.put(i) for i in range(4)] == ["queued"] * 4
+    assert lane.close(0.2) is False, "still busy with the first item"
+    assert lane.put(9) == "closed" and lane.close(1.0) is False
+    wait_until(lambda: len(handled) + len(dropped) == 4, 10, what="every item handled or dropped")
+    time.sleep(0.6)
+    assert sorted(handled + dropped) == [0, 1, 2, 3] and len(handled) <= 2, (handled, dropped)
+    wait_until(lambda: not lane._thread.is_alive(), 5, what="the lane's thread to end on its stop mark")
+    REGISTRY.unregister(gauge)
 
 
 # --- the gateway: job evidence ---------------------------------------------------------------------------
@@ -387,7 +521,9 @@ def test_worker_decisions_link_their_evidence_and_reposts_show_the_original(
     assert event.video_id == "vid-1" and event.decision == "flag" and event.evidence_url is not None
     assert json.loads(first.value)["evidence_url"] == event.evidence_url, "in the bytes emitted (schema v2)"
     by_id = {parse_flag_event(r.value).video_id: parse_flag_event(r.value) for r in flags}
-    assert by_id["repost-1"].evidence_url is None, "a repost keeps no evidence of its own"
+    repost_link = by_id["repost-1"].evidence_url
+    assert repost_link is not None and urlsplit(repost_link).path == "/v1/decisions/repost-1/evidence"
+    assert by_id["other-1"].evidence_url is None, "another tenant's repost links nothing"
 
     with gateway(s) as (url, _):
         parts = urlsplit(event.evidence_url)
@@ -397,14 +533,15 @@ def test_worker_decisions_link_their_evidence_and_reposts_show_the_original(
         assert page.status_code == 200, page.text
         assert "vid-1" in page.text
 
-        repost = httpx.get(
-            f"{url}/v1/decisions/repost-1/evidence",
-            params={"format": "json"},
-            headers={"authorization": "Bearer key-a"},
-        )
+        signed = {k: v[0] for k, v in parse_qs(urlsplit(repost_link).query).items()}
+        repost = httpx.get(f"{url}/v1/decisions/repost-1/evidence", params={**signed, "format": "json"})
         assert repost.status_code == 200, repost.text
         shown = repost.json()
         assert shown["subject_id"] == "vid-1" and shown["shown_for"] == "repost-1"
+        erase = httpx.delete(
+            f"{url}/v1/decisions/repost-1/evidence", headers={"authorization": "Bearer key-a"}
+        )
+        assert erase.status_code == 404 and "(vid-1)" in erase.json()["error"]["message"]
         other = httpx.get(f"{url}/v1/decisions/other-1/evidence", headers={"authorization": "Bearer key-b"})
         assert other.status_code == 404, "another tenant's repost never shows the original's evidence"
         same_id_other_tenant = httpx.get(

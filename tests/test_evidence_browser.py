@@ -24,10 +24,14 @@ from tests.test_evidence_page import sample_evidence
 
 pytestmark = pytest.mark.browser
 
-# The set-up installs Chromium (scripts/setup_browser.sh): its absence is a broken set-up, a failure.
-_MISSING = chromium_available()
-if _MISSING is not None:
-    raise RuntimeError(f"the browser tests need Chromium: {_MISSING} (run scripts/setup_browser.sh)")
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    """The set-up installs Chromium (scripts/setup_browser.sh): its absence is a broken set-up, a failure."""
+    missing = chromium_available()
+    if missing is not None:
+        pytest.fail(f"the browser tests need Chromium: {missing} (run scripts/setup_browser.sh)")
+
 
 WIDTHS = (390, 1280)
 

@@ -101,10 +101,9 @@ def create_app(
             for task in list(app.state.tasks):
                 task.cancel()
             app.state.scoring.close()
-            if shadow is not None:  # before the store it writes to
-                await asyncio.to_thread(shadow.close)
-            if evidence is not None:
-                await asyncio.to_thread(evidence.close)
+            # The low-priority lanes finish their queues together, before the store they write to.
+            lanes = [lane.close for lane in (shadow, evidence) if lane is not None]
+            await asyncio.gather(*(asyncio.to_thread(close) for close in lanes))
             store.close()
             if pipeline is None:
                 p.close()

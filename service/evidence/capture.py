@@ -78,23 +78,28 @@ class CapturedEvidence:
 
 
 def choose_frames(scores: Sequence[float | None], k: int) -> list[int]:
-    """Positions of up to `k` frames: the most suspicious first, each at least `n / (2k)` positions from the
-    ones already chosen, so the reviewer sees the video's time spread rather than k neighbours of one peak.
+    """Positions of up to `k` frames: the most suspicious first, each at least `n / k` positions (one k-th of
+    the video) from the ones already chosen, so a long suspicious stretch yields frames in proportion to its
+    length and a second peak elsewhere still gets one, rather than k neighbours of one peak. Only when too few
+    frames are that far apart is the spacing relaxed, by halves.
 
     Frames without a face count as least suspicious; with no face anywhere the frames are evenly spaced.
     Returned in time order.
     """
     n = len(scores)
-    if n == 0 or k <= 0:
+    m = min(k, n)
+    if m <= 0:
         return []
     if all(s is None for s in scores):
-        return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(min(k, n))})
-    gap = max(1, n // (2 * k))
+        return sorted({round(i * (n - 1) / max(1, m - 1)) for i in range(m)})
     order = sorted(range(n), key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
     chosen: list[int] = []
-    for min_gap in (gap, 1):  # relax the spacing only when too few frames are far enough apart
+    gaps = [max(1, n // k)]
+    while gaps[-1] > 1:  # relaxed by halves: the next frames still as far apart as the rest allows
+        gaps.append(gaps[-1] // 2)
+    for min_gap in gaps:
         for i in order:
-            if len(chosen) >= k:
+            if len(chosen) >= m:
                 break
             if i not in chosen and all(abs(i - j) >= min_gap for j in chosen):
                 chosen.append(i)
@@ -160,7 +165,7 @@ def capture(
             EvidenceFrame(
                 index=media.indices[pos],
                 time_s=round(media.times[pos], 3),
-                score=round(frame_scores[pos] or 0.0, 6),
+                score=None if frame_scores[pos] is None else round(frame_scores[pos] or 0.0, 6),
                 width=small.shape[1],
                 height=small.shape[0],
                 faces=out,

@@ -47,7 +47,7 @@ class EvidenceFace(_Doc):
 class EvidenceFrame(_Doc):
     index: int = Field(description="Index of the frame in the decoded stream.")
     time_s: float
-    score: float = Field(description="The highest face score on this frame.")
+    score: float | None = Field(description="The highest face score on this frame; null: no face.")
     width: int = Field(description="Width of the kept picture (JPEG), pixels.")
     height: int
     faces: list[EvidenceFace]

@@ -1,9 +1,10 @@
 """Keeping evidence: store a capture, hand its faces to the overlay lane, sign its link, purge.
 
 The one adapter the worker and the gateway share between a pipeline's `CapturedEvidence` and the decision
-store (`service/store/evidence.py`). Storing is synchronous (the worker stores before it emits the decision's
-flag event, so the event's link never points at nothing that was meant to be there); the overlays follow on
-the lane. A capture that cannot be stored is counted and dropped: evidence never costs an upload its verdict.
+store (`service/store/evidence.py`). Storing is synchronous: the worker stores the capture before the decision
+(a flag event links only evidence that was stored) and hands the faces to the overlay lane once the flag event
+is acknowledged (`follow_up`); a job's overlays follow at once. A capture that cannot be stored is counted and
+dropped: evidence never costs an upload its verdict.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from service import metrics
@@ -22,9 +24,18 @@ from service.evidence.links import LinkGrant, signed_url
 from service.schemas import ScoreResult
 from service.store import DecisionStore, brief_error
 
-__all__ = ["EvidenceKeeper"]
+__all__ = ["EvidenceKeeper", "Kept"]
 
 log = logging.getLogger("dfguard.evidence")
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A stored capture, and its overlay work when overlays are planned (handed to the lane later)."""
+
+    evidence_id: int
+    overlays: OverlayWork | None
+
 
 CAPTURE_OUTCOMES = ("stored", "over_quota", "store_unavailable")
 PURGE_REASONS = ("expired", "quota", "erased")
@@ -61,16 +72,23 @@ class EvidenceKeeper:
     def link(
         self, subject: EvidenceSubject, subject_id: str, tenant: str, captured_at: datetime
     ) -> str | None:
-        """The signed page link, valid as long as the evidence is kept; None without a link secret."""
+        """The signed page link of evidence captured at `captured_at`, valid as long as it is kept; None
+        without a link secret."""
+        return self.link_until(subject, subject_id, tenant, self.expiry(captured_at))
+
+    def link_until(
+        self, subject: EvidenceSubject, subject_id: str, tenant: str, expires_at: datetime
+    ) -> str | None:
+        """The signed page link, valid until `expires_at`; None without a link secret."""
         secret = self.settings.evidence_link_secret
         if not secret:
             return None
-        expires = int(self.expiry(captured_at).timestamp())
+        expires = int(expires_at.timestamp())
         return signed_url(self.settings.public_url, secret, LinkGrant(subject, subject_id, tenant, expires))
 
     # --- storing -----------------------------------------------------------------------------------------
 
-    def keep(
+    def save(
         self,
         captured: CapturedEvidence,
         result: ScoreResult,
@@ -80,8 +98,9 @@ class EvidenceKeeper:
         tenant: str,
         captured_at: datetime | None = None,
         audit: Sequence[AuditEntry] = (),
-    ) -> int | None:
-        """Store the capture and queue its overlays; the evidence id, or None when it was not kept."""
+    ) -> Kept | None:
+        """Store the capture (its overlays `pending` when they are planned); None when it was not kept (the
+        store is down, or the capture alone is larger than the tenant's quota: counted, never raised)."""
         now = captured_at or self.clock()
         grid = self.settings.evidence_occlusion_grid
         document = document_for(
@@ -96,8 +115,7 @@ class EvidenceKeeper:
             audit=audit,
         )
         try:
-            store = self.store()
-            evidence_id = store.put_evidence(
+            evidence_id = self.store().put_evidence(
                 document, captured.pictures, quota_bytes=self.settings.evidence_tenant_quota_bytes, now=now
             )
         except Exception as exc:  # noqa: BLE001 - no evidence is better than no verdict
@@ -108,19 +126,58 @@ class EvidenceKeeper:
             metrics.EVIDENCE_CAPTURES.labels(outcome="over_quota").inc()
             return None
         metrics.EVIDENCE_CAPTURES.labels(outcome="stored").inc()
+        work = None
         if document.overlays == "pending":
-            assert self.lane is not None
             work = OverlayWork(evidence_id, captured.crops_by_model, captured.crop_refs)
-            if not self.lane.offer(work):
-                self.store_overlays(evidence_id, "skipped", [], [])
-        return evidence_id
+        return Kept(evidence_id, work)
+
+    def follow_up(self, kept: Kept, go: bool = True) -> None:
+        """Hand a stored capture's faces to the overlay lane (`go`), or mark its overlays skipped (the
+        decision's flag event was not produced: stopping). Never blocks."""
+        if kept.overlays is None:
+            return
+        if not go or self.lane is None or not self.lane.offer(kept.overlays):
+            self.store_overlays(kept.evidence_id, "skipped", [], [])
+
+    def keep(
+        self,
+        captured: CapturedEvidence,
+        result: ScoreResult,
+        *,
+        subject: EvidenceSubject,
+        subject_id: str,
+        tenant: str,
+        captured_at: datetime | None = None,
+        audit: Sequence[AuditEntry] = (),
+    ) -> int | None:
+        """`save`, then `follow_up` at once (a job: its answer is made); the evidence id, or None."""
+        kept = self.save(
+            captured,
+            result,
+            subject=subject,
+            subject_id=subject_id,
+            tenant=tenant,
+            captured_at=captured_at,
+            audit=audit,
+        )
+        if kept is None:
+            return None
+        self.follow_up(kept)
+        return kept.evidence_id
 
     def store_overlays(
         self, evidence_id: int, state: OverlayState, maps: list[SensitivityMap], pictures: list[bytes]
     ) -> bool:
         """The overlay lane's sink (also marks skipped overlays): False when the evidence is gone."""
         try:
-            return self.store().set_evidence_overlays(evidence_id, state, maps, pictures, now=self.clock())
+            return self.store().set_evidence_overlays(
+                evidence_id,
+                state,
+                maps,
+                pictures,
+                now=self.clock(),
+                quota_bytes=self.settings.evidence_tenant_quota_bytes,
+            )
         except Exception as exc:  # the page keeps saying "pending"; counted by the lane
             log.warning("overlay state not stored", extra={"error": brief_error(exc)})
             if state == "skipped":

@@ -185,7 +185,7 @@ def plot_svg(document: EvidenceDocument, *, width: int = 640, height: int = 160)
                 'stroke-linejoin="round"/>'
             )
     for i, frame in enumerate(doc.frames):
-        if math.isfinite(frame.time_s) and math.isfinite(frame.score):
+        if frame.score is not None and math.isfinite(frame.time_s) and math.isfinite(frame.score):
             parts.append(
                 f'<circle class="kept" cx="{_c(x(frame.time_s))}" cy="{_c(y(frame.score))}" r="4" '
                 f'fill="none" stroke="#111" stroke-width="1.2"><title>kept frame {i + 1}: '
@@ -332,7 +332,7 @@ def _frames_html(doc: EvidenceDocument, pictures: EvidencePictures) -> str:
         faces = ", ".join(f"#{f.track_id} {_num(f.score)}" for f in frame.faces) or "no face"
         figures.append(
             f'<figure class="frame">{pic}<figcaption>{_e(_seconds(frame.time_s))} s (frame {frame.index}) · '
-            f"score {_e(_num(frame.score))} · faces: {_e(faces)}</figcaption></figure>"
+            f"score {_e(_score(frame.score))} · faces: {_e(faces)}</figcaption></figure>"
         )
     return (
         '<section class="frames-section"><h2>Kept frames</h2>'
@@ -636,7 +636,7 @@ def _frame_tile(
     tile[:pic_h] = pic
     _put(
         tile,
-        f"{_seconds(frame.time_s)} s  frame {frame.index}  score {_num(frame.score)}",
+        f"{_seconds(frame.time_s)} s  frame {frame.index}  score {_score(frame.score)}",
         (2, pic_h + 16),
         0.45,
         (40, 40, 40),

@@ -462,12 +462,27 @@ class DecisionStore:
         overlays: Sequence[bytes],
         *,
         now: datetime | None = None,
+        quota_bytes: int | None = None,
     ) -> bool:
-        """Store an item's overlay pictures and sensitivity maps; False if the item is gone meanwhile."""
+        """Store an item's overlay pictures and sensitivity maps, within the tenant's quota when given;
+        False if the item is gone meanwhile."""
         self.ensure_schema()
         return evidence.set_overlays(
-            self.engine, evidence_id, state, sensitivity, overlays, now=now or datetime.now(UTC)
+            self.engine,
+            evidence_id,
+            state,
+            sensitivity,
+            overlays,
+            now=now or datetime.now(UTC),
+            quota_bytes=quota_bytes,
         )
+
+    def evidence_expiry(
+        self, tenant: str, subject: EvidenceSubject, subject_id: str, *, now: datetime | None = None
+    ) -> datetime | None:
+        """When a subject's evidence expires; None if there is none (or it expired)."""
+        self.ensure_schema()
+        return evidence.expiry(self.engine, tenant, subject, subject_id, now=now or datetime.now(UTC))
 
     def erase_evidence(self, tenant: str, subject: EvidenceSubject, subject_id: str) -> bool:
         """Delete a subject's evidence now (erasure); True if there was any."""

@@ -42,7 +42,7 @@ from service.evidence.pictures import EvidencePictures
 from service.metrics import EVIDENCE_BYTES, EVIDENCE_PURGED
 from service.store.tables import EvidencePictureRow, EvidenceRow
 
-__all__ = ["StoredEvidence", "erase", "get", "purge", "put", "set_overlays", "stored_bytes"]
+__all__ = ["StoredEvidence", "erase", "expiry", "get", "purge", "put", "set_overlays", "stored_bytes"]
 
 _KINDS = ("frame", "crop", "overlay")  # `evidence_pictures.kind`: EvidencePictures' lists
 _TENANT_LOCK_CLASS = 0x6466_6765  # "dfge": pg_advisory_xact_lock(class, hashtext(tenant)), int4 keys
@@ -134,18 +134,20 @@ def _show_bytes(totals: dict[str, int], tenants: Iterable[str]) -> None:
         EVIDENCE_BYTES.labels(tenant=tenant).set(totals.get(tenant, 0))
 
 
-def _evict(conn: Connection, tenant: str, excess: int) -> tuple[int, int]:
-    """Delete the tenant's oldest items until at least `excess` bytes are freed; returns (items, bytes)."""
+def _evict(conn: Connection, tenant: str, excess: int, *, keep: int | None = None) -> tuple[int, int]:
+    """Delete the tenant's oldest items (never `keep`) until at least `excess` bytes are freed, or none is
+    left; returns (items, bytes)."""
     count = freed = 0
     while freed < excess:
+        others = [EvidenceRow.id != keep] if keep is not None else []
         oldest = conn.execute(
             select(EvidenceRow.id, EvidenceRow.nbytes)
-            .where(EvidenceRow.tenant == tenant)
+            .where(EvidenceRow.tenant == tenant, *others)
             .order_by(EvidenceRow.created_at, EvidenceRow.id)
             .limit(_EVICT_PAGE)
             .with_for_update()
         ).all()
-        if not oldest:  # pragma: no cover - an item never exceeds the quota alone (refused before)
+        if not oldest:  # only `keep` is left (put refuses an item larger than the quota before)
             break
         victims: list[int] = []
         for row_id, nbytes in oldest:
@@ -234,6 +236,22 @@ def get(
     return StoredEvidence(row.id, EvidenceDocument.model_validate_json(row.document), pictures)
 
 
+def expiry(
+    engine: Engine, tenant: str, subject: EvidenceSubject, subject_id: str, *, now: datetime
+) -> datetime | None:
+    """When the tenant's evidence of a subject expires, or None if there is none (or it expired): `get`
+    without reading the pictures."""
+    with engine.connect() as conn:
+        at = conn.execute(
+            select(EvidenceRow.expires_at).where(
+                *_key(tenant, subject, subject_id), EvidenceRow.expires_at > _utc(now)
+            )
+        ).scalar()
+    if at is None:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite returns it naive (stored in UTC)
+
+
 def set_overlays(
     engine: Engine,
     evidence_id: int,
@@ -242,48 +260,75 @@ def set_overlays(
     overlays: Sequence[bytes],
     *,
     now: datetime,
+    quota_bytes: int | None = None,
 ) -> bool:
     """Record the outcome of an item's overlay job: its overlay pictures (replacing any), the document's
     `overlays` state and `sensitivity`, an audit entry (`overlays_<state>`, at `now`; none for `pending`),
     and its size. False, with nothing written, when the item is gone (erased, re-captured, evicted, purged)
-    or expired."""
+    or expired.
+
+    With `quota_bytes`, the overlays count against the tenant's quota like the capture did: the tenant's
+    oldest other items are evicted to make room, and overlays that do not fit even then are not stored (the
+    state becomes `skipped`)."""
     at = _utc(now)
-    with _writing(engine) as conn:
+    with engine.connect() as conn:  # an item's tenant never changes: read it before locking in put's order
+        tenant = conn.execute(select(EvidenceRow.tenant).where(EvidenceRow.id == evidence_id)).scalar()
+    if tenant is None:
+        return False
+    evicted = 0
+    with _writing(engine, tenant) as conn:
         row = conn.execute(
-            select(EvidenceRow.tenant, EvidenceRow.document, EvidenceRow.nbytes)
+            select(EvidenceRow.document, EvidenceRow.nbytes)
             .where(EvidenceRow.id == evidence_id, EvidenceRow.expires_at > at)
             .with_for_update()
         ).one_or_none()
         if row is None:
             return False
-        old = EvidenceDocument.model_validate_json(row.document)
-        audit = list(old.audit)
-        if state != "pending":
-            audit.append(AuditEntry(at=at, event=f"overlays_{state}"))
-        doc_json = old.model_copy(
-            update={"overlays": state, "sensitivity": list(sensitivity), "audit": audit}
-        ).model_dump_json()
         is_overlay = (EvidencePictureRow.evidence_id == evidence_id, EvidencePictureRow.kind == "overlay")
-        old_overlays = conn.execute(
-            select(func.coalesce(func.sum(func.length(EvidencePictureRow.content)), 0)).where(*is_overlay)
-        ).scalar_one()
+        old_overlays = int(
+            conn.execute(
+                select(func.coalesce(func.sum(func.length(EvidencePictureRow.content)), 0)).where(*is_overlay)
+            ).scalar_one()
+        )
+        base = int(row.nbytes) - old_overlays - len(row.document.encode())  # frames and crops
+        old = EvidenceDocument.model_validate_json(row.document)
+
+        def document(state: OverlayState, maps: Sequence[SensitivityMap]) -> str:
+            audit = [
+                *old.audit,
+                *([AuditEntry(at=at, event=f"overlays_{state}")] if state != "pending" else []),
+            ]
+            return old.model_copy(
+                update={"overlays": state, "sensitivity": list(maps), "audit": audit}
+            ).model_dump_json()
+
+        final: OverlayState = state
+        doc_json = document(state, sensitivity)
+        nbytes = base + sum(len(o) for o in overlays) + len(doc_json.encode())
+        if quota_bytes is not None and overlays:
+            others = _tenant_bytes(conn, [tenant]).get(tenant, 0) - int(row.nbytes)
+            excess = others + nbytes - quota_bytes
+            if excess > 0:
+                evicted, freed = _evict(conn, tenant, excess, keep=evidence_id)
+                if freed < excess:  # this item alone, with its overlays, is over the quota
+                    final, overlays, doc_json = "skipped", [], document("skipped", [])
+                    nbytes = base + len(doc_json.encode())
         conn.execute(delete(EvidencePictureRow).where(*is_overlay))
         if overlays:
             conn.execute(insert(EvidencePictureRow), _picture_rows(evidence_id, "overlay", overlays))
-        nbytes = (
-            int(row.nbytes)
-            - int(old_overlays)
-            - len(row.document.encode())
-            + sum(len(o) for o in overlays)
-            + len(doc_json.encode())
-        )
         conn.execute(
             update(EvidenceRow)
             .where(EvidenceRow.id == evidence_id)
-            .values(document=doc_json, overlays=state, nbytes=nbytes)
+            .values(
+                document=doc_json,
+                overlays=final,
+                nbytes=nbytes,
+            )
         )
-        totals = _tenant_bytes(conn, [row.tenant])
-    _show_bytes(totals, [row.tenant])
+        totals = _tenant_bytes(conn, [tenant])
+    if evicted:
+        EVIDENCE_PURGED.labels(reason="quota").inc(evicted)
+    _show_bytes(totals, [tenant])
     return True
 
 

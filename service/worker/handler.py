@@ -20,6 +20,7 @@ stores a `shadow_results` row beside the decision, while the flag event is produ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +59,7 @@ from service.events import (
 )
 from service.evidence.capture import CapturedEvidence, EvidenceFor
 from service.evidence.document import AuditEntry
-from service.evidence.keeper import EvidenceKeeper
+from service.evidence.keeper import EvidenceKeeper, Kept
 from service.fingerprint import frame_hashes
 from service.media import PendingMedia
 from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
@@ -87,6 +89,11 @@ class Analysed:
     result: ScoreResult | None = None
 
 
+FollowUp = Callable[[bool], None]
+"""Work that follows a decision once its flag event is acknowledged (True), or not produced (False: the worker
+is stopping; the event is redelivered and re-emits the stored decision)."""
+
+
 @dataclass(frozen=True)
 class Emission:
     """What to produce for one consumed record before its offset may be committed."""
@@ -99,6 +106,7 @@ class Emission:
     reason: str | None = None  # dlq emissions: the error code
     schema_version: int | None = None  # flag emissions: of `value` (what was stored, v1 or v2)
     uploaded_at: datetime | None = None
+    follow_up: FollowUp | None = field(default=None, compare=False)  # flag emissions of a new decision
 
 
 def top_frames(result: ScoreResult) -> list[FlagFrame]:
@@ -181,7 +189,7 @@ class EventHandler:
             if not self.health.wait_up(stop):  # nothing starts during a hold
                 raise InterruptedError("worker stopping while held")
             try:
-                stored = self._decide(upload)
+                stored, follow_up = self._decide(upload)
                 return Emission(
                     "flag",
                     stored.flag_event_json,
@@ -189,6 +197,7 @@ class EventHandler:
                     decision=stored.record.decision,
                     uploaded_at=upload.uploaded_at,
                     schema_version=stored.schema_version,
+                    follow_up=follow_up,
                 )
             except InterruptedError:
                 raise
@@ -249,47 +258,61 @@ class EventHandler:
 
     # --- one attempt ---------------------------------------------------------------------------------------
 
-    def _decide(self, upload: UploadEvent) -> StoredDecision:
+    def _decide(self, upload: UploadEvent) -> tuple[StoredDecision, FollowUp | None]:
+        """The stored decision, and what follows its flag event (the shadow's and the overlays' work)."""
         try:
             store = self.stores.get()
             existing = store.get(upload.tenant, upload.video_id)
             if existing is not None:
-                return existing  # a redelivery: the same decision, the same bytes
+                return existing, None  # a redelivery: the same decision, the same bytes
             fd, name = tempfile.mkstemp(prefix="dfguard-event-", dir=self.scratch)
             os.close(fd)
             try:
                 done = self._analyse(upload, Path(name), store)
-                stored, created = store.put(done.new)
+                new, kept = self._save_evidence(upload, done)
+                stored, created = store.put(new)
             finally:
                 Path(name).unlink(missing_ok=True)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"decision store: {type(exc).__name__}: {exc}") from exc
-        if not created:  # a decision another worker stored first has its own shadow and evidence
-            return stored
-        if done.evidence is not None and done.result is not None:  # before its flag event is produced
-            self._keep_evidence(upload, done.new.flag.decided_at, done.evidence, done.result)
-        if done.cut is not None:
-            self._offer_shadow(upload, stored, done.cut)
-        return stored
+        # Another worker that stored the decision first has its own shadow row; the capture stored here
+        # replaced its capture of the same video, so this one's overlays are the page's.
+        cut = done.cut if created else None
+        if kept is None and cut is None:
+            return stored, None
+        evidence = self.evidence
 
-    def _keep_evidence(
-        self, upload: UploadEvent, at: datetime, captured: CapturedEvidence, result: ScoreResult
-    ) -> None:
-        """Store the decision's evidence, stamped with the decision's time `at` (its link's expiry was fixed
-        from it); the overlays follow on their lane."""
-        assert self.evidence is not None
-        self.evidence.keep(
-            captured,
-            result,
+        def follow_up(produced: bool) -> None:
+            if kept is not None and evidence is not None:
+                evidence.follow_up(kept, produced)
+            if cut is not None and produced:
+                self._offer_shadow(upload, stored, cut)
+
+        return stored, follow_up
+
+    def _save_evidence(self, upload: UploadEvent, done: Analysed) -> tuple[NewDecision, Kept | None]:
+        """Store the decision's evidence before the decision, stamped with the decision's time (its link's
+        expiry was fixed from it). Not kept (store down, over quota): the decision's flag event carries no
+        link, rather than one to nothing."""
+        new = done.new
+        if done.evidence is None or done.result is None or self.evidence is None:
+            return new, None
+        at = new.flag.decided_at
+        kept = self.evidence.save(
+            done.evidence,
+            done.result,
             subject="decision",
             subject_id=upload.video_id,
             tenant=upload.tenant,
             captured_at=at,
             audit=[
                 AuditEntry(at=upload.uploaded_at, event="uploaded", detail=f"event {upload.event_id}"),
-                AuditEntry(at=at, event="decided", detail=f"{result.decision} by the worker"),
+                AuditEntry(at=at, event="decided", detail=f"{done.result.decision} by the worker"),
             ],
         )
+        if kept is None and new.flag.evidence_url is not None:
+            new = dataclasses.replace(new, flag=new.flag.model_copy(update={"evidence_url": None}))
+        return new, kept
 
     def _offer_shadow(self, upload: UploadEvent, stored: StoredDecision, cut: CutCrops) -> None:
         """Hand the shadow's crops to its lane (never blocks: a full lane skips and counts)."""
@@ -326,7 +349,7 @@ class EventHandler:
                 mark = f"duplicate_of:{original.record.video_id}" if same else "duplicate"
                 reasons = [mark, *original.record.reasons]
                 return Analysed(
-                    self._reuse(upload, original, "duplicate", reasons, fetched.sha256, fetch_ms, t0)
+                    self._reuse(upload, original, "duplicate", reasons, fetched.sha256, fetch_ms, t0, store)
                 )
 
         t1 = time.perf_counter()
@@ -346,7 +369,9 @@ class EventHandler:
                     if same
                     else "near_duplicate_of_flagged"
                 )
-                reused = self._reuse(upload, near, "near_duplicate", [mark], fetched.sha256, fetch_ms, t0)
+                reused = self._reuse(
+                    upload, near, "near_duplicate", [mark], fetched.sha256, fetch_ms, t0, store
+                )
                 return Analysed(reused)
             extra = self.shadow.models_for if self.shadow is not None else None
             scored = self.pipeline.score_media_with(media, fetched.sha256, t1, extra, self.capture)
@@ -390,6 +415,16 @@ class EventHandler:
         )
         return Analysed(new, scored.extra, scored.evidence, result)
 
+    def _repost_link(self, upload: UploadEvent, original: StoredDecision, store: DecisionStore) -> str | None:
+        """A repost of the same tenant's media shows its original's evidence (the page follows the reason's
+        id): its link, for the repost's own id, lasts as long as that evidence. None across tenants."""
+        if self.evidence is None or original.tenant != upload.tenant:
+            return None
+        until = store.evidence_expiry(upload.tenant, "decision", original.record.video_id)
+        if until is None:
+            return None
+        return self.evidence.link_until("decision", upload.video_id, upload.tenant, until)
+
     def _reuse(
         self,
         upload: UploadEvent,
@@ -399,6 +434,7 @@ class EventHandler:
         sha256: str,
         fetch_ms: float,
         t0: float,
+        store: DecisionStore,
     ) -> NewDecision:
         source = parse_flag_event(original.flag_event_json)  # its latest revision
         flag = self._flag(
@@ -409,6 +445,7 @@ class EventHandler:
             list(source.top_frames),
             FlagTimings(fetch=fetch_ms, total=_ms(t0)),
             model=source.model,
+            evidence_url=self._repost_link(upload, original, store),
         )
         return NewDecision(
             tenant=upload.tenant,

@@ -348,11 +348,27 @@ class Worker:
             message = f"unexpected {type(exc).__name__}: {exc}"
             outcome = self.handler.dead_letter(record.value, record.key, classify(exc), message)
         if outcome is not None:
+            produced = False
             try:
                 self._produce(record, outcome)
+                produced = True
             except InterruptedError:
-                outcome = None  # stopping: left uncommitted, so it is redelivered
+                pass  # stopping: left uncommitted, so it is redelivered
+            self._follow_up(outcome, produced)
+            if not produced:
+                outcome = None
         self._completions.put(_Done(part, record, key, outcome, started))
+
+    @staticmethod
+    def _follow_up(outcome: Emission, produced: bool) -> None:
+        """What follows a new decision's flag event (shadow, evidence overlays): never blocks, never fails the
+        event, which is decided and stored whatever happens here."""
+        if outcome.follow_up is None:
+            return
+        try:
+            outcome.follow_up(produced)
+        except Exception:  # the event is done: a bug here is logged, not retried
+            log.exception("worker: the follow-up of a decision failed")
 
     def _produce(self, record: Any, outcome: Emission) -> None:
         """Send until acknowledged: a broker outage only delays the event, never loses it."""

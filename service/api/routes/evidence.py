@@ -15,6 +15,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -33,6 +34,7 @@ router = APIRouter()
 
 Format = Literal["html", "png", "json"]
 _REPOST_MARKS = ("duplicate_of:", "near_duplicate_of_flagged:")
+_PENDING_FOR = timedelta(minutes=10)  # overlays take seconds: pending longer than this was interrupted
 _NO_STORE = {
     "cache-control": "private, no-store",
     "referrer-policy": "no-referrer",
@@ -77,6 +79,18 @@ def _tenant(request: Request, subject: EvidenceSubject, subject_id: str, q: Page
     return q.tenant
 
 
+def _original_of(store: DecisionStore, tenant: str, video_id: str) -> str | None:
+    """The id of the same tenant's original a repost decision names (`duplicate_of:`, ...), or None."""
+    decision = store.get(tenant, video_id)
+    if decision is None:
+        return None
+    for reason in decision.record.reasons:
+        for mark in _REPOST_MARKS:
+            if reason.startswith(mark):
+                return reason[len(mark) :]
+    return None
+
+
 def _find(
     store: DecisionStore, tenant: str, subject: EvidenceSubject, subject_id: str
 ) -> StoredEvidence | None:
@@ -84,17 +98,24 @@ def _find(
     found = store.get_evidence(tenant, subject, subject_id)
     if found is not None or subject != "decision":
         return found
-    decision = store.get(tenant, subject_id)
-    if decision is None:
+    original = _original_of(store, tenant, subject_id)
+    if original is None:
         return None
-    for reason in decision.record.reasons:
-        for mark in _REPOST_MARKS:
-            if reason.startswith(mark):
-                original = store.get_evidence(tenant, "decision", reason[len(mark) :])
-                if original is not None:
-                    shown = original.document.model_copy(update={"shown_for": subject_id})
-                    return StoredEvidence(original.id, shown, original.pictures)
-    return None
+    shown = store.get_evidence(tenant, "decision", original)
+    if shown is None:
+        return None
+    return StoredEvidence(
+        shown.id, shown.document.model_copy(update={"shown_for": subject_id}), shown.pictures
+    )
+
+
+def _interrupted(found: StoredEvidence, now: datetime) -> StoredEvidence:
+    """Overlays still `pending` long after the capture were interrupted (a process stopped while they were
+    queued or computed): the page says they were not made, and stops reloading itself."""
+    doc = found.document
+    if doc.overlays != "pending" or now - doc.captured_at < _PENDING_FOR:
+        return found
+    return StoredEvidence(found.id, doc.model_copy(update={"overlays": "skipped"}), found.pictures)
 
 
 async def _page(request: Request, subject: EvidenceSubject, subject_id: str, q: PageQuery) -> Response:
@@ -107,6 +128,7 @@ async def _page(request: Request, subject: EvidenceSubject, subject_id: str, q: 
     what = "video" if subject == "decision" else "job"
     if found is None:
         raise NotFound(f"no evidence for {what} {subject_id} of this tenant (none kept, expired or erased)")
+    found = _interrupted(found, datetime.now(UTC))
     if q.fmt == "json":
         return Response(found.document.model_dump_json(), media_type="application/json", headers=_NO_STORE)
     if q.fmt == "png":
@@ -163,6 +185,14 @@ async def _erase(request: Request, who: Caller, subject: EvidenceSubject, subjec
         raise StoreUnavailable(f"the decision store is unavailable ({type(exc).__name__})") from exc
     if not erased:
         what = "video" if subject == "decision" else "job"
+        original = None
+        if subject == "decision":
+            original = await asyncio.to_thread(_original_of, store, who.tenant, subject_id)
+        if original is not None:
+            raise NotFound(
+                f"video {subject_id} is a repost and keeps no evidence of its own: its page shows the "
+                f"original's ({original}); erase that one"
+            )
         raise NotFound(f"no evidence for {what} {subject_id} of this tenant")
     return Response(status_code=204)
 
