@@ -228,7 +228,8 @@ EVIDENCE_CAPTURES = Counter(
 EVIDENCE_OVERLAYS = Counter(
     "dfguard_evidence_overlays_total",
     "Sensitivity overlays of stored evidence, by outcome: ready, failed, queue_full (skipped: the lane was "
-    "full), gone (the evidence was erased or purged meanwhile), shutdown.",
+    "full), over_quota (not stored: past the tenant's quota), gone (the evidence was erased or purged "
+    "meanwhile), shutdown.",
     ["outcome"],
 )
 EVIDENCE_OVERLAY_SECONDS = Histogram(

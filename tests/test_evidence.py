@@ -34,6 +34,7 @@ from devtools.kafka_tools import (
     upload_event,
     worker_settings,
 )
+from devtools.records import new_decision
 from devtools.servers import gateway, wait_until
 from service.compose import build_backend, build_evidence_keeper
 from service.config import Settings
@@ -178,7 +179,7 @@ def test_a_full_overlay_lane_skips_never_blocks_and_says_so(
     entered, release = threading.Event(), threading.Event()
     keeper: EvidenceKeeper
 
-    def held(*args: Any) -> bool:
+    def held(*args: Any) -> Any:
         entered.set()
         assert release.wait(60)
         return keeper.store_overlays(*args)
@@ -222,6 +223,13 @@ class _RefusingStore(DecisionStore):
         raise OperationalError("INSERT INTO evidence ...", {}, Exception("database or disk is full"))
 
 
+class _FailingPut(DecisionStore):
+    """A real store that refuses decisions (as under a constraint it cannot meet), and takes evidence."""
+
+    def put(self, new: Any) -> Any:
+        raise OperationalError("INSERT INTO decisions ...", {}, Exception("database or disk is full"))
+
+
 def test_the_worker_links_stored_evidence_only_and_overlays_follow_the_flag_event(
     pipeline: Pipeline, face_clip: Path, tmp_path: Path
 ) -> None:
@@ -241,6 +249,19 @@ def test_the_worker_links_stored_evidence_only_and_overlays_follow_the_flag_even
 
     def event(video_id: str, name: str) -> bytes:
         return json.dumps(upload_event(video_id, file_uri(media / name))).encode()
+
+    failing = _FailingPut(s.database_url)
+    once = s.model_copy(update={"worker_max_attempts": 1})
+    handler = EventHandler(once, pipeline, failing, evidence=EvidenceKeeper(once, lambda: failing, None))
+    try:
+        dead = handler.handle(event("v-unstored", "a.mp4"), stop)
+        assert dead.kind == "dlq" and dead.reason == "store_unavailable"
+        assert failing.get_evidence("acme", "decision", "v-unstored") is None, (
+            "no capture without its decision"
+        )
+    finally:
+        handler.close()
+        failing.close()
 
     refusing = _RefusingStore(s.database_url)
     handler = EventHandler(s, pipeline, refusing, evidence=EvidenceKeeper(s, lambda: refusing, None))
@@ -302,10 +323,13 @@ def test_overlays_count_against_the_quota(pipeline: Pipeline, face_clip: Path, t
         assert store.get_evidence("acme", "job", "j0") is None, "the tenant's oldest made room"
         assert store.get_evidence("other", "job", "j2") is not None, "never another tenant's"
         assert (store.evidence_bytes()["acme"]) <= quota
-        huge = [bytes(quota)]
-        assert store.set_evidence_overlays(ids[1] or 0, "ready", [], huge, quota_bytes=quota)
-        shown = store.get_evidence("acme", "job", "j1")
+        newest = keeper.keep(scored.evidence, scored.result, subject="job", subject_id="j3", tenant="acme")
+        assert newest is not None
+        huge = [bytes(quota)]  # too large even alone: dropped, and nothing evicted for it
+        assert store.set_evidence_overlays(newest, "ready", [], huge, quota_bytes=quota) == "skipped"
+        shown = store.get_evidence("acme", "job", "j3")
         assert shown is not None and shown.document.overlays == "skipped" and not shown.pictures.overlays
+        assert store.get_evidence("acme", "job", "j1") is not None, "overlays that cannot fit evict nothing"
     finally:
         keeper.close()
         store.close()
@@ -460,6 +484,7 @@ def test_a_hostile_id_and_reason_render_as_text(
     scored = pipeline.score_file_with(face_clip, None, EvidenceFor("all", 2, 320, 80, None))
     assert scored.evidence is not None
     result = scored.result.model_copy(update={"reasons": [HOSTILE]})
+    app.state.store.put(new_decision(HOSTILE))  # a page is shown beside its stored decision only
     keeper: EvidenceKeeper = app.state.evidence
     assert keeper.keep(scored.evidence, result, subject="decision", subject_id=HOSTILE, tenant="acme")
     link = keeper.link("decision", HOSTILE, "acme", datetime.now(UTC))

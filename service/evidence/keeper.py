@@ -136,6 +136,8 @@ class EvidenceKeeper:
         decision's flag event was not produced: stopping). Never blocks."""
         if kept.overlays is None:
             return
+        if not go:
+            metrics.EVIDENCE_OVERLAYS.labels(outcome="shutdown").inc()
         if not go or self.lane is None or not self.lane.offer(kept.overlays):
             self.store_overlays(kept.evidence_id, "skipped", [], [])
 
@@ -167,8 +169,9 @@ class EvidenceKeeper:
 
     def store_overlays(
         self, evidence_id: int, state: OverlayState, maps: list[SensitivityMap], pictures: list[bytes]
-    ) -> bool:
-        """The overlay lane's sink (also marks skipped overlays): False when the evidence is gone."""
+    ) -> OverlayState | None:
+        """The overlay lane's sink (also marks skipped overlays): the state stored (`skipped` when the
+        overlays are over the tenant's quota), or None when the evidence is gone."""
         try:
             return self.store().set_evidence_overlays(
                 evidence_id,
@@ -181,7 +184,7 @@ class EvidenceKeeper:
         except Exception as exc:  # the page keeps saying "pending"; counted by the lane
             log.warning("overlay state not stored", extra={"error": brief_error(exc)})
             if state == "skipped":
-                return False
+                return None
             raise
 
     # --- retention ---------------------------------------------------------------------------------------

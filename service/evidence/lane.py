@@ -28,7 +28,7 @@ __all__ = ["OverlayLane", "OverlaySink", "OverlayWork"]
 
 log = logging.getLogger("dfguard.evidence")
 
-OUTCOMES = ("ready", "failed", "queue_full", "gone", "shutdown")
+OUTCOMES = ("ready", "failed", "queue_full", "over_quota", "gone", "shutdown")
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class OverlayWork:
     crop_refs: list[CropRef]
 
 
-OverlaySink = Callable[[int, OverlayState, list[SensitivityMap], list[bytes]], bool]
-"""Stores a capture's overlays: (evidence id, state, maps, overlay JPEGs) -> False: the evidence is gone."""
+OverlaySink = Callable[[int, OverlayState, list[SensitivityMap], list[bytes]], OverlayState | None]
+"""Stores a capture's overlays: (evidence id, state, maps, overlay JPEGs) -> the state stored (`skipped`: over
+the tenant's quota), or None: the evidence is gone."""
 
 
 class OverlayLane:
@@ -110,7 +111,13 @@ class OverlayLane:
             metrics.EVIDENCE_OVERLAYS.labels(outcome="failed").inc()
             return
         metrics.EVIDENCE_OVERLAY_SECONDS.observe(time.perf_counter() - started)
-        metrics.EVIDENCE_OVERLAYS.labels(outcome=state if stored else "gone").inc()
+        if stored is None:
+            outcome = "gone"
+        elif state == "ready" and stored == "skipped":
+            outcome = "over_quota"
+        else:
+            outcome = state
+        metrics.EVIDENCE_OVERLAYS.labels(outcome=outcome).inc()
 
     def _dropped(self, work: OverlayWork) -> None:
         """Still queued when the lane closed: its page says `skipped` rather than "computing" forever."""

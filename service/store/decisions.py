@@ -463,9 +463,9 @@ class DecisionStore:
         *,
         now: datetime | None = None,
         quota_bytes: int | None = None,
-    ) -> bool:
-        """Store an item's overlay pictures and sensitivity maps, within the tenant's quota when given;
-        False if the item is gone meanwhile."""
+    ) -> OverlayState | None:
+        """Store an item's overlay pictures and sensitivity maps, within the tenant's quota when given; the
+        state stored (`skipped`: over the quota), or None if the item is gone meanwhile."""
         self.ensure_schema()
         return evidence.set_overlays(
             self.engine,

@@ -261,20 +261,20 @@ def set_overlays(
     *,
     now: datetime,
     quota_bytes: int | None = None,
-) -> bool:
+) -> OverlayState | None:
     """Record the outcome of an item's overlay job: its overlay pictures (replacing any), the document's
     `overlays` state and `sensitivity`, an audit entry (`overlays_<state>`, at `now`; none for `pending`),
-    and its size. False, with nothing written, when the item is gone (erased, re-captured, evicted, purged)
-    or expired.
+    and its size. Returns the state stored, or None, with nothing written, when the item is gone (erased,
+    re-captured, evicted, purged) or expired.
 
     With `quota_bytes`, the overlays count against the tenant's quota like the capture did: the tenant's
-    oldest other items are evicted to make room, and overlays that do not fit even then are not stored (the
-    state becomes `skipped`)."""
+    oldest other items are evicted to make room. Overlays that would not fit even alone with their item are
+    not stored and evict nothing (the state stored is then `skipped`)."""
     at = _utc(now)
     with engine.connect() as conn:  # an item's tenant never changes: read it before locking in put's order
         tenant = conn.execute(select(EvidenceRow.tenant).where(EvidenceRow.id == evidence_id)).scalar()
     if tenant is None:
-        return False
+        return None
     evicted = 0
     with _writing(engine, tenant) as conn:
         row = conn.execute(
@@ -283,7 +283,7 @@ def set_overlays(
             .with_for_update()
         ).one_or_none()
         if row is None:
-            return False
+            return None
         is_overlay = (EvidencePictureRow.evidence_id == evidence_id, EvidencePictureRow.kind == "overlay")
         old_overlays = int(
             conn.execute(
@@ -306,13 +306,13 @@ def set_overlays(
         doc_json = document(state, sensitivity)
         nbytes = base + sum(len(o) for o in overlays) + len(doc_json.encode())
         if quota_bytes is not None and overlays:
-            others = _tenant_bytes(conn, [tenant]).get(tenant, 0) - int(row.nbytes)
-            excess = others + nbytes - quota_bytes
-            if excess > 0:
-                evicted, freed = _evict(conn, tenant, excess, keep=evidence_id)
-                if freed < excess:  # this item alone, with its overlays, is over the quota
-                    final, overlays, doc_json = "skipped", [], document("skipped", [])
-                    nbytes = base + len(doc_json.encode())
+            if nbytes > quota_bytes:  # not even alone: drop the overlays, evict nothing for them
+                final, overlays, doc_json = "skipped", [], document("skipped", [])
+                nbytes = base + len(doc_json.encode())
+            else:
+                others = _tenant_bytes(conn, [tenant]).get(tenant, 0) - int(row.nbytes)
+                if others + nbytes > quota_bytes:
+                    evicted, _ = _evict(conn, tenant, others + nbytes - quota_bytes, keep=evidence_id)
         conn.execute(delete(EvidencePictureRow).where(*is_overlay))
         if overlays:
             conn.execute(insert(EvidencePictureRow), _picture_rows(evidence_id, "overlay", overlays))
@@ -329,7 +329,7 @@ def set_overlays(
     if evicted:
         EVIDENCE_PURGED.labels(reason="quota").inc(evicted)
     _show_bytes(totals, [tenant])
-    return True
+    return final
 
 
 def erase(engine: Engine, tenant: str, subject: EvidenceSubject, subject_id: str) -> bool:

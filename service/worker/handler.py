@@ -12,10 +12,12 @@ and runs again, however long that takes. With every probe up it is this event's:
 fault is retried with exponential backoff up to `DFG_WORKER_MAX_ATTEMPTS`, then dead-lettered; an internal
 error (a bug) is dead-lettered at once.
 
-Shadow scoring: a scored (not reused) medium in the shadow's arm has the shadow's crops cut while its frames
-are alive; once its decision is stored they are offered to the shadow lane, whose own thread scores them and
-stores a `shadow_results` row beside the decision, while the flag event is produced as if there were no shadow
-(the offer never blocks; the shadow is never emitted).
+Shadow scoring and evidence: a scored (not reused) medium has the shadow's crops cut while its frames are
+alive (in the shadow's arm), and its evidence captured (`DFG_EVIDENCE_FOR`). The capture is stored before the
+decision, so the flag event links only evidence that exists. What follows the decision rides on its emission
+(`Emission.follow_up`) and runs once the broker has acknowledged the flag event: the shadow's crops are
+offered to the shadow lane (a `shadow_results` row beside the decision; never emitted) and the kept faces to
+the overlay lane. Neither offer blocks.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from service.evidence.document import AuditEntry
 from service.evidence.keeper import EvidenceKeeper, Kept
 from service.fingerprint import frame_hashes
 from service.media import PendingMedia
-from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, WORKER_RETRIES
+from service.metrics import DEDUP_HITS, DEDUP_LOOKUPS, SHADOW_SKIPPED, WORKER_RETRIES
 from service.pipeline import CutCrops, Pipeline
 from service.schemas import ModelRef, ScoreResult
 from service.shadow import ShadowLane
@@ -270,7 +272,12 @@ class EventHandler:
             try:
                 done = self._analyse(upload, Path(name), store)
                 new, kept = self._save_evidence(upload, done)
-                stored, created = store.put(new)
+                try:
+                    stored, created = store.put(new)
+                except BaseException:
+                    if kept is not None:  # no decision to explain: the capture must not outlive it
+                        self._drop_capture(upload, store)
+                    raise
             finally:
                 Path(name).unlink(missing_ok=True)
         except SQLAlchemyError as exc:
@@ -285,10 +292,21 @@ class EventHandler:
         def follow_up(produced: bool) -> None:
             if kept is not None and evidence is not None:
                 evidence.follow_up(kept, produced)
-            if cut is not None and produced:
-                self._offer_shadow(upload, stored, cut)
+            if cut is not None:
+                if produced:
+                    self._offer_shadow(upload, stored, cut)
+                else:  # stopping: the redelivery re-emits the stored decision and scores nothing
+                    SHADOW_SKIPPED.labels(reason="shutdown").inc()
 
         return stored, follow_up
+
+    def _drop_capture(self, upload: UploadEvent, store: DecisionStore) -> None:
+        """Erase the capture of a decision that could not be stored (best effort: a store that refused the
+        decision may refuse this too; the page then stays hidden, as it has no decision, until it expires)."""
+        try:
+            store.erase_evidence(upload.tenant, "decision", upload.video_id)
+        except SQLAlchemyError as exc:
+            log.warning("event %s: capture of an unstored decision not erased: %s", upload.event_id, exc)
 
     def _save_evidence(self, upload: UploadEvent, done: Analysed) -> tuple[NewDecision, Kept | None]:
         """Store the decision's evidence before the decision, stamped with the decision's time (its link's

@@ -95,8 +95,12 @@ def _find(
     store: DecisionStore, tenant: str, subject: EvidenceSubject, subject_id: str
 ) -> StoredEvidence | None:
     """The subject's evidence, or (a worker decision on a repost) its original's in the same tenant."""
+    if subject == "job":
+        return store.get_evidence(tenant, subject, subject_id)
+    if store.get(tenant, subject_id) is None:  # a capture whose decision was never stored explains nothing
+        return None
     found = store.get_evidence(tenant, subject, subject_id)
-    if found is not None or subject != "decision":
+    if found is not None:
         return found
     original = _original_of(store, tenant, subject_id)
     if original is None:
@@ -181,13 +185,13 @@ async def _erase(request: Request, who: Caller, subject: EvidenceSubject, subjec
     store: DecisionStore = request.app.state.store
     try:
         erased = await asyncio.to_thread(store.erase_evidence, who.tenant, subject, subject_id)
+        original = None
+        if not erased and subject == "decision":
+            original = await asyncio.to_thread(_original_of, store, who.tenant, subject_id)
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"the decision store is unavailable ({type(exc).__name__})") from exc
     if not erased:
         what = "video" if subject == "decision" else "job"
-        original = None
-        if subject == "decision":
-            original = await asyncio.to_thread(_original_of, store, who.tenant, subject_id)
         if original is not None:
             raise NotFound(
                 f"video {subject_id} is a repost and keeps no evidence of its own: its page shows the "
