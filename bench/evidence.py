@@ -1,6 +1,6 @@
 """Evidence cost: occlusion maps for K kept faces against the scoring time of a 10-s 720p clip, per grid.
 
-    python -m bench.evidence [--video PATH] [--grids 3,4,5,6,8] [--faces 6] [--runs 3] [--warmup 1] [--json]
+    python -m bench.evidence [--video PATH] [--grids 2,3,4,5,6,8] [--faces 6] [--runs 3] [--warmup 1] [--json]
 
 Method: one process. The clip (default: a generated 10-s 1280x720 face clip, cached under `.cache/`) is
 scored end to end by the default pipeline as one-caller processes build it (`build_pipeline(batching=False)`:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", type=Path, default=None, help="default: a generated 10-s 720p face clip")
     p.add_argument(
-        "--grids", type=_grids, default=[3, 4, 5, 6, 8], help="comma-separated (default 3,4,5,6,8)"
+        "--grids", type=_grids, default=[2, 3, 4, 5, 6, 8], help="comma-separated (default 2,3,4,5,6,8)"
     )
     p.add_argument("--faces", type=int, default=6, help="K: kept faces mapped per clip (default 6)")
     p.add_argument("--runs", type=int, default=3)

@@ -437,7 +437,7 @@ class Settings(BaseSettings):
     )
     evidence_jpeg_quality: int = Field(85, ge=30, le=100)
     evidence_occlusion_grid: int = Field(
-        3,
+        2,
         ge=0,
         le=16,
         description="Cells per side of the occlusion-sensitivity grid (each cell greyed and re-scored: "
