@@ -36,6 +36,22 @@ def test_decisions_are_read_per_tenant(tmp_path: Path) -> None:
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
 
 
+def test_a_video_id_with_slashes_is_found(tmp_path: Path) -> None:
+    """The upload schema allows `/` in video ids (`user/42/clip`); clients send it percent-encoded."""
+    url = f"sqlite:///{tmp_path / 'decisions.sqlite3'}"
+    DecisionStore(url).put(_new("user/42/clip", tenant="default", decision="review"))
+    with gateway(Settings(database_url=url)) as (base, _):
+        found = httpx.get(f"{base}/v1/decisions/user%2F42%2Fclip")
+        plain = httpx.get(f"{base}/v1/decisions/user/42/clip")
+        evidence = httpx.get(f"{base}/v1/decisions/user%2F42%2Fclip/evidence")
+    assert found.status_code == 200 and found.json()["video_id"] == "user/42/clip"
+    assert plain.status_code == 200 and plain.json()["video_id"] == "user/42/clip"
+    assert (
+        evidence.status_code == 404
+        and "no evidence for video user/42/clip" in evidence.json()["error"]["message"]
+    )
+
+
 def test_an_unreachable_store_is_a_503_not_a_crash(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'decisions.sqlite3'}"
     with gateway(Settings(database_url=url)) as (base, app):

@@ -133,8 +133,9 @@ def create_app(
     app.state.tasks = set()
     app.include_router(score.router, tags=["scoring"])
     app.include_router(jobs.router, tags=["jobs"])
-    app.include_router(decisions.router, tags=["decisions"])
+    # Evidence first: `/v1/decisions/{video_id:path}` would also match `.../{video_id}/evidence`.
     app.include_router(evidence.router, tags=["evidence"])
+    app.include_router(decisions.router, tags=["decisions"])
     app.include_router(health.router, tags=["operations"])
 
     @app.exception_handler(ModerationError)

@@ -17,7 +17,7 @@ router = APIRouter()
 
 
 @router.get(
-    "/v1/decisions/{video_id}",
+    "/v1/decisions/{video_id:path}",  # video ids may hold `/` (the upload schema allows it)
     response_model=DecisionRecord,
     summary="The moderation decision stored for a video (made by the Kafka worker), with its audit trail",
     responses=ERROR_RESPONSES,
