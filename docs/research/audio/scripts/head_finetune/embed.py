@@ -4,6 +4,7 @@ Each task -> cache/<phase>/<clip id>.npz (emb (n,160), lg (n,2), meta)."""
 import sys, os, json, time
 import numpy as np, onnx, onnxruntime as ort
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # audiolib, vadlib of the earlier research
 from audiolib import decode, encode_roundtrip, add_noise, windows, SR, WIN
 from vadlib import Silero
 from clips import clips, R

@@ -7,6 +7,7 @@ import sys, os, json, time, hashlib
 import numpy as np, onnx, onnxruntime as ort
 from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # audiolib, vadlib of the earlier research
 from audiolib import decode, windows, WIN
 from embed import session as emb_session
 R = "/work/research/issue16b"; A = "/work/shared/weights/aasist"

@@ -4,6 +4,7 @@ import sys, os, glob, json
 import numpy as np, scipy.signal as ss
 from scipy.io import wavfile
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # audiolib, vadlib of the earlier research
 from audiolib import decode, SR
 from clips import clips, R
 def melfb(n_fft=1024, n_mels=80, sr=SR, fmin=0, fmax=8000):
