@@ -269,14 +269,7 @@ class Rescorer:
             return
         r.changed += 1
         if self.dry_run:
-            change = Change(
-                tenant=c.tenant,
-                video_id=c.video_id,
-                before=c.decision,
-                after=new.decision,
-                revision=c.revision + 1,
-            )
-            _listed(r.changes, change)
+            self._report_planned(c, new.decision)
             return
         try:
             revised = self.store.revise(c.id, c.revision, new)
@@ -297,33 +290,14 @@ class Rescorer:
         original, decision = lag
         r.changed += 1
         if self.dry_run:
-            change = Change(
-                tenant=c.tenant,
-                video_id=c.video_id,
-                before=c.decision,
-                after=decision,
-                revision=c.revision + 1,
-                repost_of=original,
-            )
-            _listed(r.changes, change)
+            self._report_planned(c, decision, repost_of=original)
             return
         try:
             revised = self.store.follow_original(c.id, c.revision)
         except StaleRevision as exc:
             self._fail(c, "stale_revision", str(exc))
             return
-        for v in revised:
-            change = Change(
-                tenant=v.tenant,
-                video_id=v.video_id,
-                before=c.decision,
-                after=v.event.decision,
-                revision=v.event.revision,
-                event_id=v.event.event_id,
-                supersedes=v.event.supersedes,
-                repost_of=original,
-            )
-            _listed(r.changes, change)
+        self._report_changes(c, revised, original=original)
         if revised:
             self._emit(revised)
 
@@ -334,7 +308,21 @@ class Rescorer:
             self.report.failures, Problem(tenant=c.tenant, video_id=c.video_id, code=code, message=message)
         )
 
-    def _report_changes(self, c: Candidate, revised: list[Revised]) -> None:
+    def _report_planned(self, c: Candidate, after: Decision, repost_of: str | None = None) -> None:
+        """A dry run's change: the revision it would make, not made."""
+        change = Change(
+            tenant=c.tenant,
+            video_id=c.video_id,
+            before=c.decision,
+            after=after,
+            revision=c.revision + 1,
+            repost_of=repost_of,
+        )
+        _listed(self.report.changes, change)
+
+    def _report_changes(self, c: Candidate, revised: list[Revised], original: str | None = None) -> None:
+        """The revisions made for `c`: `c`'s own, then its reposts' (`repost_of` `c`); with `original`, `c`
+        is a repost that followed that original's revision."""
         for i, v in enumerate(revised):
             change = Change(
                 tenant=v.tenant,
@@ -344,7 +332,7 @@ class Rescorer:
                 revision=v.event.revision,
                 event_id=v.event.event_id,
                 supersedes=v.event.supersedes,
-                repost_of=c.video_id if i else None,
+                repost_of=original if original is not None else (c.video_id if i else None),
             )
             _listed(self.report.changes, change)
             log.info(

@@ -69,6 +69,11 @@ class EvidenceKeeper:
     def expiry(self, captured_at: datetime) -> datetime:
         return captured_at + timedelta(seconds=self.settings.evidence_retention_seconds)
 
+    @property
+    def links(self) -> bool:
+        """Whether links are signed (`DFG_EVIDENCE_LINK_SECRET` set)."""
+        return bool(self.settings.evidence_link_secret)
+
     def link(
         self, subject: EvidenceSubject, subject_id: str, tenant: str, captured_at: datetime
     ) -> str | None:

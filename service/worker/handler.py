@@ -436,8 +436,8 @@ class EventHandler:
     def _repost_link(self, upload: UploadEvent, original: StoredDecision, store: DecisionStore) -> str | None:
         """A repost of the same tenant's media shows its original's evidence (the page follows the reason's
         id): its link, for the repost's own id, lasts as long as that evidence. None across tenants."""
-        if self.evidence is None or original.tenant != upload.tenant:
-            return None
+        if self.evidence is None or not self.evidence.links or original.tenant != upload.tenant:
+            return None  # no link to make: no store read on the repost path
         until = store.evidence_expiry(upload.tenant, "decision", original.record.video_id)
         if until is None:
             return None

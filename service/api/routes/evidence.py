@@ -80,11 +80,14 @@ def _tenant(request: Request, subject: EvidenceSubject, subject_id: str, q: Page
 
 
 def _original_of(store: DecisionStore, tenant: str, video_id: str) -> str | None:
-    """The id of the same tenant's original a repost decision names (`duplicate_of:`, ...), or None."""
+    """The id of the same tenant's original a stored repost decision names, or None."""
     decision = store.get(tenant, video_id)
-    if decision is None:
-        return None
-    for reason in decision.record.reasons:
+    return None if decision is None else _original_in(decision.record.reasons)
+
+
+def _original_in(reasons: list[str]) -> str | None:
+    """The original a repost's reasons name (`duplicate_of:<id>`, ...); another tenant's names none."""
+    for reason in reasons:
         for mark in _REPOST_MARKS:
             if reason.startswith(mark):
                 return reason[len(mark) :]
@@ -97,12 +100,13 @@ def _find(
     """The subject's evidence, or (a worker decision on a repost) its original's in the same tenant."""
     if subject == "job":
         return store.get_evidence(tenant, subject, subject_id)
-    if store.get(tenant, subject_id) is None:  # a capture whose decision was never stored explains nothing
+    decision = store.get(tenant, subject_id)
+    if decision is None:  # a capture whose decision was never stored explains nothing
         return None
     found = store.get_evidence(tenant, subject, subject_id)
     if found is not None:
         return found
-    original = _original_of(store, tenant, subject_id)
+    original = _original_in(decision.record.reasons)
     if original is None:
         return None
     shown = store.get_evidence(tenant, "decision", original)
