@@ -30,8 +30,10 @@ def _rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
 
 
-def run(video: Path, runs: int, warmup: int, cli_runs: int) -> dict[str, Any]:
-    settings = Settings()
+def run(
+    video: Path, runs: int, warmup: int, cli_runs: int, settings: Settings | None = None
+) -> dict[str, Any]:
+    settings = settings or Settings()
     limits = MediaLimits.from_settings(settings)
     pipeline = build_pipeline(settings, batching=False)
     for _ in range(warmup):
@@ -39,7 +41,7 @@ def run(video: Path, runs: int, warmup: int, cli_runs: int) -> dict[str, Any]:
         pipeline.score_file(video)
     decode_ms: list[float] = []
     total_ms: list[float] = []
-    stages: dict[str, list[float]] = {"decode": [], "detect": [], "classify": []}
+    stages: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "audio": []}
     result = None
     for _ in range(runs):
         t = time.perf_counter()

@@ -30,6 +30,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal, TypedDict, Unpack
@@ -157,7 +158,7 @@ class ClipKwargs(TypedDict, total=False):
     crf: int
     preset: str
     motion: bool
-    audio: bool
+    audio: bool | Sound
     faststart: bool
 
 
@@ -312,6 +313,45 @@ def _render_face_free_frame(t: float, width: int, height: int, motion: bool) -> 
     return frame
 
 
+@dataclass(frozen=True)
+class Sound:
+    """Mono float32 samples in [-1, 1] at `rate` Hz: a track to put into a file."""
+
+    samples: np.ndarray
+    rate: int
+
+    @classmethod
+    def read(cls, path: str | Path) -> Sound:
+        """The first audio stream of a file (wav, flac, ...), downmixed to mono float32 at its own rate."""
+        with av.open(str(path)) as c:
+            stream = c.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.codec_context.sample_rate)
+            parts = [f.to_ndarray().reshape(-1) for fr in c.decode(stream) for f in resampler.resample(fr)]
+            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+            return cls(np.concatenate(parts).astype(np.float32), int(stream.codec_context.sample_rate))
+
+    def resampled(self, rate: int) -> Sound:
+        frame = av.AudioFrame.from_ndarray(
+            self.samples[None, :].astype(np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame) + resampler.resample(None)]
+        return Sound(np.concatenate(parts).astype(np.float32), rate)
+
+    def fitted(self, seconds: float) -> np.ndarray:
+        """Cut or padded with silence to `seconds`."""
+        n = round(seconds * self.rate)
+        out = np.zeros(n, dtype=np.float32)
+        out[: min(n, len(self.samples))] = self.samples[:n]
+        return out
+
+    def with_silence_before(self, seconds: float) -> Sound:
+        return Sound(
+            np.concatenate([np.zeros(round(seconds * self.rate), np.float32), self.samples]), self.rate
+        )
+
+
 def _tone(seconds: float, sample_rate: int, freq: float = 440.0) -> np.ndarray:
     n = round(seconds * sample_rate)
     samples = 0.2 * np.sin(2 * np.pi * freq * np.arange(n) / sample_rate)
@@ -355,7 +395,7 @@ def _write_video(
     rotate: int,
     crf: int,
     preset: str,
-    audio: bool,
+    audio: bool | Sound,
     faststart: bool,
 ) -> Path:
     """Encode ``render(t)`` (upright RGB frames) into ``path``; see make_face_clip for the options."""
@@ -397,8 +437,11 @@ def _write_video(
         if rotate:
             stream.set_display_rotation(-rotate)
         audio_stream = None
-        if audio:
-            audio_stream = _add_audio_stream(out, _AUDIO_CODECS.get(fmt, "aac"), 48_000)
+        sound = audio if isinstance(audio, Sound) else Sound(_tone(float(n_frames / rate), 48_000)[0], 48_000)
+        if fmt == "webm" and sound.rate != 48_000:
+            sound = sound.resampled(48_000)  # Opus encodes 48 kHz
+        if audio is not False:
+            audio_stream = _add_audio_stream(out, _AUDIO_CODECS.get(fmt, "aac"), sound.rate)
 
         for i in range(n_frames):
             upright = render(float(i / rate))
@@ -410,7 +453,7 @@ def _write_video(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
         if audio_stream is not None:
-            _encode_audio(out, audio_stream, _tone(float(n_frames / rate), 48_000), 48_000)
+            _encode_audio(out, audio_stream, sound.fitted(float(n_frames / rate))[None, :], sound.rate)
     return path
 
 
@@ -431,7 +474,7 @@ def make_face_clip(
     crf: int = 23,
     preset: str = "veryfast",
     motion: bool = True,
-    audio: bool = False,
+    audio: bool | Sound = False,
     faststart: bool = False,
 ) -> Path:
     """Video of a real face photo on a face-free scene, drifting horizontally so tracking matters.
@@ -441,7 +484,8 @@ def make_face_clip(
     VP8 via libvpx, .avi: MPEG-4 part 2) unless ``container`` (an FFmpeg format name) or ``codec``
     is given. ``gop=None`` means one keyframe per second; ``bframes=None`` keeps the encoder/preset
     default (x264 "veryfast" uses up to 3 B-frames, "ultrafast" none). ``crf``/``preset`` apply to
-    libx264 (``crf`` also to libvpx). ``audio`` adds a mono 440 Hz tone track. ``faststart`` moves
+    libx264 (``crf`` also to libvpx). ``audio=True`` adds a mono 440 Hz tone track, a ``Sound`` that
+    sound (cut or padded with silence to the clip's length). ``faststart`` moves
     the mp4/mov ``moov`` box to the front (by default it is at the end, which matters for truncation).
     The face is at ``face_box_at(i / fps, ...)`` in frame ``i``.
     """
@@ -546,17 +590,27 @@ def make_sample_clip(
 
 
 def make_audio_only(
-    path: str | Path, *, seconds: float = 2.0, sample_rate: int = 44_100, freq: float = 440.0
+    path: str | Path,
+    *,
+    seconds: float = 2.0,
+    sample_rate: int = 44_100,
+    freq: float = 440.0,
+    sound: Sound | None = None,
+    bit_rate: int | None = None,
 ) -> Path:
-    """A file with a single audio stream (AAC in .mp4/.m4a by default) and no video at all."""
+    """A file with a single audio stream (AAC in .mp4/.m4a by default) and no video at all: a tone, or
+    ``sound`` (whole; ``seconds`` and ``sample_rate`` then do not apply). ``bit_rate`` for lossy codecs."""
     path = Path(path)
     fmt = _AUDIO_FORMATS.get(path.suffix.lower(), "mp4")
     codec = _AUDIO_CODECS[fmt]
-    if codec == "libopus":
-        sample_rate = 48_000
+    sound = sound or Sound(_tone(seconds, sample_rate, freq)[0], sample_rate)
+    if codec == "libopus" and sound.rate != 48_000:
+        sound = sound.resampled(48_000)
     with av.open(str(path), mode="w", format=fmt, options={"fflags": "+bitexact"}) as out:
-        stream = _add_audio_stream(out, codec, sample_rate)
-        _encode_audio(out, stream, _tone(seconds, sample_rate, freq), sample_rate)
+        stream = _add_audio_stream(out, codec, sound.rate)
+        if bit_rate is not None:
+            stream.bit_rate = bit_rate
+        _encode_audio(out, stream, sound.samples[None, :], sound.rate)
     return path
 
 

@@ -33,11 +33,18 @@ for config in "$REPO"/*/config.pbtxt; do
   input=$(sed -n 's/^input \[ { name: "\([^"]*\)".*/\1/p' "$config")
   dims=$(sed -n 's/^input \[ {.*dims: \[ \([0-9, ]*\) \].*/\1/p' "$config" | tr -d ' ' | tr ',' 'x')
   [ -n "$input" ] && [ -n "$dims" ] || { echo "build_trt_plans: cannot read input of $config" >&2; exit 2; }
+  # batches up to the member's own max_batch_size (the audio member takes 16 windows, not 64 crops)
+  max_batch=$(sed -n 's/^max_batch_size: \([0-9]*\)$/\1/p' "$config")
+  max_batch=${max_batch:-$MAX_BATCH}
+  opt_batch=$(( OPT_BATCH < max_batch ? OPT_BATCH : max_batch ))
+  # FP16 unless the config asks for FP32 ("# precision: fp32", the audio member)
+  precision=--fp16 label=FP16
+  if grep -q '^# precision: fp32' "$config"; then precision= label=FP32; fi
   src=$onnx dst=$member/1/model.plan
   if [ "${DOCKER:-0}" = "1" ]; then src=/repo/$name/1/model.onnx dst=/repo/$name/1/model.plan; fi
-  echo "build_trt_plans: $name ($input: ${dims}, batch 1..$MAX_BATCH, FP16)"
-  run_trtexec --onnx="$src" --saveEngine="$dst" --fp16 \
-    --minShapes="$input:1x$dims" --optShapes="$input:${OPT_BATCH}x$dims" --maxShapes="$input:${MAX_BATCH}x$dims"
+  echo "build_trt_plans: $name ($input: ${dims}, batch 1..$max_batch, $label)"
+  run_trtexec --onnx="$src" --saveEngine="$dst" $precision \
+    --minShapes="$input:1x$dims" --optShapes="$input:${opt_batch}x$dims" --maxShapes="$input:${max_batch}x$dims"
   built=$((built + 1))
 done
 echo "build_trt_plans: built $built plan(s) in $REPO"

@@ -302,7 +302,7 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from service.config import Settings
-    from service.models import DEFAULT_ENSEMBLE, resolve_models
+    from service.models import DEFAULT_AUDIO_MODEL, DEFAULT_ENSEMBLE, resolve_models
     from service.triton.repo import RepoOptions, build_repo
 
     settings = Settings()
@@ -310,6 +310,10 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     manifests = resolve_models(named).member_paths  # an ensemble manifest serves its members
     shadow_named = [Path(p) for p in args.shadow] or list(settings.shadow_model_paths)
     shadow = resolve_models(shadow_named).member_paths if shadow_named else []
+    # The audio model is served unless audio is off: its member, as `compose.choose_audio_model` picks it.
+    audio = None
+    if not args.no_audio and (args.audio or settings.audio_enabled):
+        audio = Path(args.audio) if args.audio else settings.audio_model_path or DEFAULT_AUDIO_MODEL
     options = RepoOptions(
         max_batch_size=settings.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_us,
@@ -323,9 +327,14 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
         options,
         copy_models=not args.configs_only,
         shadow_paths=shadow,
+        audio_path=audio,
     )
     with_shadow = f" and a shadow ensemble of {len(shadow)}" if shadow else ""
-    print(f"wrote the {args.target} model repository for {len(manifests)} model(s){with_shadow} to {out}")
+    with_audio = f", with the audio model {audio}" if audio else ""
+    print(
+        f"wrote the {args.target} model repository for {len(manifests)} model(s){with_shadow}{with_audio} "
+        f"to {out}"
+    )
     return 0
 
 
@@ -609,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--shadow", nargs="*", default=[], help="shadow_ensemble manifests (default: DFG_SHADOW_MODEL_PATHS)"
     )
+    build_audio = build.add_mutually_exclusive_group()
+    build_audio.add_argument(
+        "--audio", help="audio model manifest (default: DFG_AUDIO_MODEL_PATH or bundled; none: audio off)"
+    )
+    build_audio.add_argument("--no-audio", action="store_true", help="no audio model member")
     build.add_argument("--max-queue-delay-us", type=int, default=2000)
     build.add_argument("--instances", type=int, default=1)
     build.add_argument("--configs-only", action="store_true", help="gpu: no ONNX copies (committed layout)")

@@ -14,7 +14,9 @@ micro-batcher: its crops must not delay live ones. So does the evidence overlay 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+from service.audio import AudioStage, SileroVad
 from service.config import Settings
 from service.evidence.keeper import EvidenceKeeper
 from service.evidence.lane import OverlayLane
@@ -22,7 +24,7 @@ from service.faces import FaceDetector, RetinaFaceDetector
 from service.inference import InferenceBackend, OnnxRuntimeBackend
 from service.inference.batcher import MicroBatchingBackend
 from service.media import isolation_from_settings, warm_up
-from service.models import DEFAULT_ENSEMBLE, ModelSet, resolve_models
+from service.models import DEFAULT_AUDIO_MODEL, DEFAULT_ENSEMBLE, ModelSet, resolve_models
 from service.pipeline import Pipeline
 from service.shadow import ShadowLane, ShadowModels, ShadowSink
 from service.store import DecisionStore
@@ -34,6 +36,7 @@ __all__ = [
     "build_evidence_keeper",
     "build_pipeline",
     "build_shadow_lane",
+    "choose_audio_model",
     "choose_models",
     "choose_shadow",
 ]
@@ -60,14 +63,17 @@ def build_backend(
     *,
     threads: int | None = None,
     triton_ensemble: str = "ensemble",
+    audio: bool = False,
 ) -> InferenceBackend:
     """The configured classifier backend, unbatched, serving the member models of `models`.
 
     Args:
         threads: ONNX Runtime intra-op threads (default `DFG_INFERENCE_THREADS`).
         triton_ensemble: the Triton ensemble model whole-ensemble calls go to.
+        audio: serve the audio model too (`choose_audio_model`): the primary's backend, not a shadow's.
     """
     manifests = (models or choose_models(s)).member_paths
+    audio_model = choose_audio_model(s) if audio else None
     if s.backend == "triton":
         from service.inference.triton import TritonBackend  # the gRPC client only where it is used
 
@@ -81,10 +87,16 @@ def build_backend(
             max_batch_size=s.max_batch_size,
             shared_memory=s.triton_shared_memory,
             ensemble_model=triton_ensemble,
+            audio=audio_model,
         )
     return OnnxRuntimeBackend(
-        manifests, threads=threads or s.inference_threads, max_batch_size=s.max_batch_size
+        manifests, threads=threads or s.inference_threads, max_batch_size=s.max_batch_size, audio=audio_model
     )
+
+
+def choose_audio_model(s: Settings) -> Path:
+    """The audio model manifest: `DFG_AUDIO_MODEL_PATH`, else the bundled one."""
+    return s.audio_model_path or DEFAULT_AUDIO_MODEL
 
 
 def build_pipeline(
@@ -102,12 +114,13 @@ def build_pipeline(
     if warm_decoder if warm_decoder is not None else settings.decode_isolation == "process":
         warm_up(isolation_from_settings(settings))
     models = choose_models(settings)
-    backend = build_backend(settings, models)
+    backend = build_backend(settings, models, audio=settings.audio_enabled)
     if batching:
         backend = MicroBatchingBackend(
             backend, max_batch=settings.max_batch_size, max_wait_ms=settings.batch_max_wait_ms
         )
-    return Pipeline(settings, build_detector(settings), backend, models.ensemble)
+    audio = AudioStage(settings, SileroVad(), backend) if settings.audio_enabled else None
+    return Pipeline(settings, build_detector(settings), backend, models.ensemble, audio)
 
 
 def choose_shadow(s: Settings) -> ModelSet | None:

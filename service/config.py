@@ -187,6 +187,52 @@ class Settings(BaseSettings):
         description="Override of the ensemble's fitted flag threshold (else its manifest's, else 0.8).",
     )
 
+    # --- audio: synthetic speech ----------------------------------------------------------------------
+    audio_enabled: bool = Field(
+        True,
+        description="Score the speech of an audio track (videos with one, and audio-only uploads); false: "
+        "audio is ignored and audio-only uploads are refused as `no_video_stream`.",
+    )
+    audio_model_path: Path | None = Field(
+        None, description='Audio model manifest (`"kind": "audio"`); empty: the bundled one.'
+    )
+    audio_windows: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Speech windows (~4 s each) scored per track, spread over its speech; each costs one "
+        "model run (~110-150 ms on 2 CPU threads).",
+    )
+    audio_early_exit: bool = Field(
+        True,
+        description="Stop after the first window when it is clearly real speech (below the audio model's "
+        "fitted `early_exit_below`): most real uploads then cost one model run, fakes all of them.",
+    )
+    audio_scan_seconds: float = Field(
+        300.0,
+        ge=10.0,
+        description="Speech is searched in at most this much of a track: longer tracks are searched in "
+        "10-s excerpts spread evenly over them (bounds the voice-activity detector's cost).",
+    )
+    audio_vad_threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Voice-activity probability above which a 32-ms frame is speech."
+    )
+    audio_min_speech_seconds: float = Field(
+        1.0, ge=0.0, description="Less detected speech than this: no audio score (`no_speech_found`)."
+    )
+    audio_max_sample_rate: int = Field(
+        192_000, ge=8000, description="Audio streams above this sample rate are not decoded."
+    )
+    audio_max_channels: int = Field(
+        8, ge=1, le=64, description="Audio streams with more channels are not decoded."
+    )
+    audio_review_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Override of the audio model's fitted review threshold."
+    )
+    audio_flag_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Override of the audio model's fitted flag threshold."
+    )
+
     # --- gateway ----------------------------------------------------------------------------------------
     api_keys: dict[str, str] = Field(
         default_factory=dict,
@@ -555,4 +601,7 @@ class Settings(BaseSettings):
         r, f = self.review_threshold, self.flag_threshold
         if r is not None and f is not None and r > f:
             raise ValueError("review_threshold must not exceed flag_threshold")
+        r, f = self.audio_review_threshold, self.audio_flag_threshold
+        if r is not None and f is not None and r > f:
+            raise ValueError("audio_review_threshold must not exceed audio_flag_threshold")
         return self

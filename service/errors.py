@@ -7,7 +7,8 @@ code), the Kafka worker (flag, dead letter, retry or hold) and docs/worker.md's 
     │   ├── EmptyMedia            empty_media          400
     │   ├── UnsupportedMedia      unsupported_media    415
     │   ├── CorruptMedia          corrupt_media        422
-    │   ├── NoVideoStream         no_video_stream      422
+    │   ├── NoVideoStream         no_video_stream      422   (no video and no analysable audio stream)
+    │   ├── UnsupportedAudio      unsupported_audio    422   (audio over the rate or channel bounds)
     │   ├── MediaTooLarge         media_too_large      413
     │   ├── ResolutionTooHigh     resolution_too_high  422
     │   ├── MediaTooLong          media_too_long       422
@@ -82,6 +83,7 @@ __all__ = [
     "SourceUnavailable",
     "StoreUnavailable",
     "Unauthorized",
+    "UnsupportedAudio",
     "UnsupportedContentType",
     "UnsupportedMedia",
     "UploadTimeout",
@@ -157,9 +159,17 @@ class CorruptMedia(MediaError):
 
 
 class NoVideoStream(MediaError):
-    """A container without a video stream (e.g. audio only)."""
+    """A container with neither a video stream nor an audio stream to score; audio only when audio scoring
+    is off (`DFG_AUDIO_ENABLED=false`)."""
 
     code = "no_video_stream"
+    http_status = 422
+
+
+class UnsupportedAudio(MediaError):
+    """An audio stream outside the decoder's bounds (sample rate, channel count): not decoded."""
+
+    code = "unsupported_audio"
     http_status = 422
 
 
@@ -362,6 +372,7 @@ ERRORS: tuple[type[ModerationError], ...] = (
     UnsupportedMedia,
     CorruptMedia,
     NoVideoStream,
+    UnsupportedAudio,
     MediaTooLarge,
     ResolutionTooHigh,
     MediaTooLong,

@@ -20,10 +20,11 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from service.schemas import Decision, ModelRef
+from service.schemas import AudioSummary, Decision, ModelRef
 
 __all__ = [
     "SCHEMA_VERSION",
+    "FlagAudio",
     "FlagEvent",
     "FlagEventV1",
     "FlagFace",
@@ -106,6 +107,9 @@ class FlagTimings(BaseModel):
     total: float = Field(description="Milliseconds from taking the event to the decision.")
 
 
+FlagAudio = AudioSummary  # the flag event's `audio` block (schema v2 only)
+
+
 # v1 is kept byte for byte (docstring and title included: they are its JSON Schema's description and title)
 # for consumers that validate against `moderation.flags.v1.schema.json`, whose `additionalProperties: false`
 # is why v2's fields could not be added to it. Emitted where `DFG_FLAGS_SCHEMA_VERSION=1`; never a revision.
@@ -175,6 +179,11 @@ class FlagEvent(BaseModel):
         "looked, score over time); null when no evidence was kept or links are not configured. Valid until "
         "the evidence is deleted (DFG_EVIDENCE_RETENTION_SECONDS).",
     )
+    audio: FlagAudio | None = Field(
+        None,
+        description="The speech track's verdict (`decision` is the stricter of the faces' and this one's); "
+        "null when the media has no audio track or audio scoring is off.",
+    )
 
 
 FlagsSchemaVersion = Literal[1, 2]
@@ -237,7 +246,7 @@ def encode_flag_event(event: FlagEvent, version: FlagsSchemaVersion = SCHEMA_VER
             f"flag event {event.event_id} is revision {event.revision}: schema version 1 cannot carry "
             "revisions (set DFG_FLAGS_SCHEMA_VERSION=2)"
         )
-    fields = event.model_dump(exclude={"schema_version", "revision", "supersedes", "evidence_url"})
+    fields = event.model_dump(exclude={"schema_version", "revision", "supersedes", "evidence_url", "audio"})
     return FlagEventV1.model_validate({**fields, "schema_version": 1}).model_dump_json().encode()
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "AUDIO_TRACKS",
+    "AUDIO_WINDOWS",
     "BATCH_SIZE",
     "CLIENT_DISCONNECTS",
     "CONSUMER_LAG",
@@ -68,6 +70,12 @@ REQUEST_DURATION = Histogram(
     ["route", "method", "code"],
     buckets=_LATENCY_BUCKETS,
 )
+AUDIO_TRACKS = Counter(
+    "dfguard_audio_tracks_total",
+    "Audio tracks analysed, by outcome: the speech's decision, `no_speech` or `error` (not decodable).",
+    ["outcome"],
+)
+AUDIO_WINDOWS = Counter("dfguard_audio_windows_total", "Speech windows scored by the audio model.")
 STAGE_DURATION = Histogram(
     "dfguard_stage_duration_seconds",
     "Time spent in one stage of the scoring pipeline.",
@@ -258,4 +266,6 @@ def observe_result(decision: str, timings_ms: dict[str, float]) -> None:
     """Count one verdict and its stage timings."""
     DECISIONS.labels(decision=decision).inc()
     for stage, ms in timings_ms.items():
+        if stage == "audio" and not ms:
+            continue  # media without an audio track: no audio stage ran
         STAGE_DURATION.labels(stage=stage).observe(ms / 1000)

@@ -20,8 +20,10 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from service.audio import AudioStage, overall
 from service.config import Settings
 from service.decision import Policy, Verdict, ensemble_policy, judge
+from service.errors import NoVideoStream
 from service.evidence.capture import CapturedEvidence, EvidenceFor, capture
 from service.faces import (
     Detection,
@@ -35,6 +37,7 @@ from service.inference import InferenceBackend
 from service.media import PendingMedia, SampledMedia, file_sha256
 from service.models import EnsembleManifest, ModelManifest
 from service.schemas import (
+    AudioResult,
     FaceResult,
     FrameResult,
     MediaInfo,
@@ -146,8 +149,10 @@ class Pipeline:
         detector: FaceDetector,
         backend: InferenceBackend,
         ensemble: EnsembleManifest | None = None,
+        audio: AudioStage | None = None,
     ) -> None:
         self.settings = settings
+        self.audio = audio
         self.detector = detector
         self.backend = backend
         self.models = backend.models
@@ -308,15 +313,24 @@ class Pipeline:
         evidence: EvidenceFor | None,
     ) -> Scored:
         t1 = time.perf_counter()
-        faces = self.detect(media)
+        pictured = media.header.kind != "audio"
+        if not pictured and self.audio is None:
+            raise NoVideoStream("the media is audio only and this pipeline scores no audio")
+        faces = self.detect(media) if pictured else []
         t2 = time.perf_counter()
         stage = self.classify(media, faces)
-        verdict = self.verdict(media, stage)
+        verdict = self.verdict(media, stage) if pictured else None
         t3 = time.perf_counter()
-        result = self._result(media, sha, stage, verdict, (t1 - started, t2 - t1, t3 - t2, t3 - started))
+        audio = None
+        if media.audio is not None and self.audio is not None:
+            audio = self.audio.score(media.audio)
+        t4 = time.perf_counter()
+        result = self._result(
+            media, sha, stage, verdict, audio, (t1 - started, t2 - t1, t3 - t2, t4 - t3, t4 - started)
+        )
         # After the primary's timings: neither the extra cut nor the evidence is the answer's cost. The frames
         # are still alive.
-        models = extra(sha) if extra is not None else ()
+        models = extra(sha) if extra is not None and pictured else ()
         cut = None
         if models:
             cut = CutCrops(
@@ -325,7 +339,7 @@ class Pipeline:
                 media.header.partial,
             )
         kept = None
-        if evidence is not None and evidence.wanted(result):
+        if evidence is not None and pictured and evidence.wanted(result):
             kept = capture(media, stage.faces, stage.face_scores, stage.face_scored, self.models, evidence)
         return Scored(result, cut, kept)
 
@@ -334,8 +348,9 @@ class Pipeline:
         media: SampledMedia,
         sha: str,
         stage: StageResult,
-        verdict: Verdict,
-        secs: tuple[float, float, float, float],
+        verdict: Verdict | None,
+        audio: AudioResult | None,
+        secs: tuple[float, float, float, float, float],
     ) -> ScoreResult:
         s = media.scale
         frames: list[FrameResult] = []
@@ -358,17 +373,23 @@ class Pipeline:
             frames.append(FrameResult(index=media.indices[pos], time_s=media.times[pos], faces=out))
         h = media.header
         ms = [round(x * 1000, 2) for x in secs]
+        decision, reasons = overall(
+            (verdict.decision, verdict.reasons) if verdict is not None else None,
+            (audio.decision, audio.reasons) if audio is not None else None,
+        )
+        score = None if verdict is None or verdict.score is None else round(verdict.score, 6)
         return ScoreResult(
             media=MediaInfo(sha256=sha, kind=h.kind, duration_s=h.duration_s, width=h.width, height=h.height),
             frames_sampled=len(media.frames),
             faces_detected=k,
             crops_scored=len(stage.crop_frames),
-            score=None if verdict.score is None else round(verdict.score, 6),
-            decision=verdict.decision,
-            reasons=verdict.reasons,
+            score=score,
+            decision=decision,
+            reasons=reasons,
             model=self.model_ref,
             thresholds=self.used_thresholds,
             aggregation=self.policy.aggregation,
-            timings_ms=Timings(decode=ms[0], detect=ms[1], classify=ms[2], total=ms[3]),
+            timings_ms=Timings(decode=ms[0], detect=ms[1], classify=ms[2], audio=ms[3], total=ms[4]),
             frames=frames,
+            audio=audio,
         )

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.errors import Fault, ModerationError, classify
-from service.events import FlagTimings
+from service.events import FlagAudio, FlagTimings
 from service.fingerprint import frame_hashes
 from service.media import PendingMedia
 from service.pipeline import Pipeline
@@ -403,6 +403,7 @@ class Rescorer:
                 fetch=fetch_ms, decode=t.decode, detect=t.detect, classify=t.classify, total=_ms(t0)
             ),
             frame_hashes=hashes,
+            audio=FlagAudio.of(result.audio),
         )
 
     def _count(self, produced: int) -> None:

@@ -10,10 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field
 Decision = Literal["allow", "review", "flag"]
 DecisionOrigin = Literal["scored", "duplicate", "near_duplicate", "media_error"]
 ThresholdSource = Literal["settings", "ensemble", "model", "default"]
-MediaKind = Literal["video", "image"]
+MediaKind = Literal["video", "image", "audio"]
 ShadowSource = Literal["worker", "gateway"]  # the scoring path a shadow result came from
 
 __all__ = [
+    "AudioResult",
+    "AudioSummary",
+    "AudioWindow",
     "Decision",
     "DecisionOrigin",
     "DecisionRecord",
@@ -45,9 +48,9 @@ class _Out(BaseModel):
 class MediaInfo(_Out):
     sha256: str = Field(description="SHA-256 of the uploaded bytes (hex).")
     kind: MediaKind
-    duration_s: float | None = Field(description="Duration of a video; null for an image.")
-    width: int = Field(description="Width of the upright (rotation-applied) picture, pixels.")
-    height: int = Field(description="Height of the upright picture, pixels.")
+    duration_s: float | None = Field(description="Duration of a video or audio file; null for an image.")
+    width: int = Field(description="Width of the upright (rotation-applied) picture, pixels; 0 for audio.")
+    height: int = Field(description="Height of the upright picture, pixels; 0 for audio.")
 
 
 class ModelRef(_Out):
@@ -59,6 +62,7 @@ class Timings(_Out):
     decode: float = Field(description="Milliseconds spent decoding and sampling frames.")
     detect: float = Field(description="Milliseconds spent detecting and tracking faces.")
     classify: float = Field(description="Milliseconds spent cropping and classifying faces.")
+    audio: float = Field(0.0, description="Milliseconds spent finding and scoring speech (0: no audio).")
     total: float = Field(description="Milliseconds end to end.")
 
 
@@ -98,6 +102,77 @@ class UsedThresholds(_Out):
     )
 
 
+class ErrorDetail(_Out):
+    code: str
+    message: str
+
+
+class ErrorBody(_Out):
+    error: ErrorDetail
+
+
+class AudioWindow(_Out):
+    start_s: float = Field(description="Start of the scored window in the track, seconds.")
+    end_s: float
+    score: float = Field(description="Probability that this window's speech is synthetic.")
+
+
+class AudioResult(_Out):
+    """The verdict on the speech of the audio track."""
+
+    score: float | None = Field(
+        description="Probability that the speech is synthetic (sigmoid of the mean window log-likelihood "
+        "ratio); null when no speech was found or the track could not be decoded."
+    )
+    decision: Decision | None = Field(description="The audio's own decision; null without a score.")
+    reasons: list[str] = Field(
+        description="E.g. `synthetic_speech_suspected`, `no_speech_found`, `audio_error:<code>`, "
+        "`partially_decoded`."
+    )
+    speech_seconds: float = Field(description="Speech the voice-activity detector found in the track.")
+    scanned_seconds: float = Field(
+        description="How much of the track was searched for speech: all of it up to DFG_AUDIO_SCAN_SECONDS, "
+        "else excerpts spread over it."
+    )
+    duration_s: float = Field(description="Duration of the decoded track.")
+    sample_rate: int = Field(description="Sample rate of the source stream, Hz (analysed at 16 kHz mono).")
+    channels: int
+    codec: str
+    windows: list[AudioWindow] = Field(
+        description="The windows scored, over speech, in track order (only the first when it alone decided: "
+        "clearly real speech, DFG_AUDIO_EARLY_EXIT)."
+    )
+    model: ModelRef
+    thresholds: UsedThresholds = Field(description="The audio review / flag thresholds applied.")
+    error: ErrorDetail | None = Field(None, description="Why the track could not be analysed, if so.")
+
+
+class AudioSummary(_Out):
+    """The speech track's verdict as decisions keep it: flag events (schema v2) and stored decisions."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+    score: float | None = Field(description="Probability that the speech is synthetic; null without speech.")
+    decision: Decision | None
+    reasons: list[str]
+    speech_seconds: float
+    windows: list[AudioWindow]
+    model: ModelRef
+
+    @classmethod
+    def of(cls, audio: AudioResult | None) -> AudioSummary | None:
+        if audio is None:
+            return None
+        return cls(
+            score=audio.score,
+            decision=audio.decision,
+            reasons=list(audio.reasons),
+            speech_seconds=audio.speech_seconds,
+            windows=list(audio.windows),
+            model=audio.model,
+        )
+
+
 class ScoreResult(_Out):
     """The verdict on one piece of media."""
 
@@ -113,15 +188,11 @@ class ScoreResult(_Out):
     aggregation: str = Field(description="How crop scores became the video score (per model, then mean).")
     timings_ms: Timings
     frames: list[FrameResult]
-
-
-class ErrorDetail(_Out):
-    code: str
-    message: str
-
-
-class ErrorBody(_Out):
-    error: ErrorDetail
+    audio: AudioResult | None = Field(
+        None,
+        description="The speech track's verdict; null when the media has no audio track (or audio is off). "
+        "`decision` is the stricter of the faces' and the speech's; `score` stays the faces' score.",
+    )
 
 
 # --- gateway requests and jobs ---------------------------------------------------------------------------
@@ -203,3 +274,6 @@ class DecisionRecord(_Out):
     flag_event_id: str
     timings_ms: dict[str, float]
     decided_at: datetime
+    audio: AudioSummary | None = Field(
+        None, description="The speech track's verdict; null without an audio track (or audio scoring off)."
+    )

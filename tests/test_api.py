@@ -80,6 +80,28 @@ def test_score_upload_equals_cli(api: str, face_clip: Path) -> None:
     assert doc == cli  # one document, whichever entry point
 
 
+def test_an_audio_upload_is_scored_like_the_cli_scores_it(api: str, tmp_path: Path) -> None:
+    path = mf.make_audio_only(tmp_path / "voice.mp3", seconds=2.0)
+    resp = _upload(api, path)
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["media"]["kind"] == "audio" and doc["frames_sampled"] == 0
+    assert doc["audio"]["codec"] == "mp3" and doc["audio"]["reasons"] == ["no_speech_found"]
+    assert doc["decision"] == "allow" and doc["reasons"] == ["no_speech_found"]
+    spec = httpx.get(f"{api}/openapi.json").json()["components"]["schemas"]
+    assert {"AudioResult", "AudioWindow"} <= set(spec)
+    cli = json.loads(
+        subprocess.run(
+            [str(Path(sys.executable).with_name("dfguard")), "score", "--json", str(path)],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    for d in (doc, cli):
+        d.pop("timings_ms")
+    assert doc == cli
+
+
 def test_score_by_url(api: str, host: MediaHost, face_clip: Path) -> None:
     resp = httpx.post(f"{api}/v1/score", json={"url": f"{host.base}/face.mp4"}, timeout=60)
     assert resp.status_code == 200, resp.text
@@ -92,7 +114,11 @@ def test_score_by_url(api: str, host: MediaHost, face_clip: Path) -> None:
         (lambda d: mf.make_empty(d / "e.mp4"), 400, "empty_media"),
         (lambda d: mf.make_random_bytes(d / "r.bin"), 415, "unsupported_media"),
         (lambda d: mf.make_text(d / "t.mp4"), 415, "unsupported_media"),
-        (lambda d: mf.make_audio_only(d / "a.mp4"), 422, "no_video_stream"),
+        (
+            lambda d: mf.make_audio_only(d / "a.wav", seconds=0.2, sample_rate=384_000),
+            422,
+            "unsupported_audio",
+        ),
         (
             lambda d: mf.make_truncated(
                 mf.make_face_clip(d / "c.mp4", seconds=0.5, width=320, height=240), d / "x.mp4"

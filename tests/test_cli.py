@@ -85,7 +85,11 @@ BAD_INPUTS: list[tuple[str, Maker, str]] = [
         ),
         "corrupt_media",
     ),
-    ("audio_only", lambda d: mf.make_audio_only(d / "audio.mp4"), "no_video_stream"),
+    (
+        "audio_over_rate_limit",
+        lambda d: mf.make_audio_only(d / "audio.wav", seconds=0.2, sample_rate=384_000),
+        "unsupported_audio",
+    ),
     ("missing", lambda d: d / "does-not-exist.mp4", "media_not_found"),
 ]
 

@@ -17,7 +17,7 @@ from devtools.postgres_server import PostgresServer
 from devtools.servers import gateway, wait_until
 from devtools.triton_server import TritonServer
 from service.config import Settings
-from service.models import UNTRAINED_MANIFEST
+from service.models import DEFAULT_AUDIO_MODEL, UNTRAINED_MANIFEST
 from service.store import migrate
 from service.triton.repo import RepoOptions, build_repo
 
@@ -61,7 +61,11 @@ def test_gateway_starts_with_triton_down_and_recovers(
     tmp_path_factory: pytest.TempPathFactory, face_clip: Path, tmp_path: Path
 ) -> None:
     repo = build_repo(
-        [UNTRAINED_MANIFEST], tmp_path_factory.mktemp("repo"), "cpu", RepoOptions(cpu_threads=1)
+        [UNTRAINED_MANIFEST],
+        tmp_path_factory.mktemp("repo"),
+        "cpu",
+        RepoOptions(cpu_threads=1),
+        audio_path=DEFAULT_AUDIO_MODEL,
     )
     server = TritonServer(repo)  # ports chosen, server not started
     settings = Settings(

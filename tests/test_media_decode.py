@@ -319,9 +319,10 @@ def test_undecodable_frames_are_corrupt(clip: Path, media_dir: Path, fill: str) 
 
 
 @pytest.mark.parametrize("suffix", ["mp4", "m4a", "mkv", "webm"])
-def test_audio_only_has_no_video_stream(media_dir: Path, suffix: str) -> None:
+def test_audio_only_has_no_video_stream_with_audio_off(media_dir: Path, suffix: str) -> None:
     path = mf.make_audio_only(media_dir / f"audio.{suffix}", seconds=1.0)
-    _raises_exactly(NoVideoStream, lambda: load_media(path, INLINE))
+    off = Settings(decode_isolation="inline", audio_enabled=False)
+    _raises_exactly(NoVideoStream, lambda: load_media(path, off))
 
 
 def test_file_over_byte_limit_is_too_large(clip: Path) -> None:

@@ -26,9 +26,10 @@ from service.errors import (
     MediaTooLong,
     NoVideoStream,
     ResolutionTooHigh,
+    UnsupportedAudio,
     UnsupportedMedia,
 )
-from service.media import MediaLimits, SampledMedia, load_media
+from service.media import AudioTrack, MediaLimits, SampledMedia, load_media
 from service.media.isolated import DecodeJob, IsolationLimits
 
 W, H = 640, 360
@@ -44,6 +45,10 @@ def _assert_same(isolated: SampledMedia, inline: SampledMedia) -> None:
     assert isolated.frames.shape == inline.frames.shape
     assert isolated.frames.dtype == inline.frames.dtype
     np.testing.assert_array_equal(isolated.frames, inline.frames)
+    assert type(isolated.audio) is type(inline.audio)
+    if isinstance(isolated.audio, AudioTrack) and isinstance(inline.audio, AudioTrack):
+        np.testing.assert_array_equal(isolated.audio.pcm, inline.audio.pcm)
+        assert (isolated.audio.codec, isolated.audio.partial) == (inline.audio.codec, inline.audio.partial)
 
 
 def _decode_error(path: Path, settings: Settings) -> MediaError:
@@ -159,10 +164,12 @@ def test_concurrent_jobs_do_not_mix_up_frames(clip: Path, image: Path, large_cli
 @pytest.mark.parametrize("method", ["forkserver", "fork"])
 def test_start_methods(clip: Path, image: Path, method: str) -> None:
     settings = Settings(decode_start_method=method)  # type: ignore[arg-type]
-    for path in (clip, image):
+    speech = mf.make_audio_only(clip.with_name(f"audio_{method}.m4a"), seconds=0.5)
+    for path in (clip, image, speech):
         _assert_same(load_media(path, settings), load_media(path, INLINE))
-    err = _decode_error(mf.make_audio_only(clip.with_name(f"audio_{method}.mp4"), seconds=0.5), settings)
-    assert type(err) is NoVideoStream
+    hostile = mf.make_audio_only(clip.with_name(f"audio_{method}.wav"), seconds=0.2, sample_rate=384_000)
+    err = _decode_error(hostile, settings)
+    assert type(err) is UnsupportedAudio
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -173,8 +180,26 @@ def test_start_methods(clip: Path, image: Path, method: str) -> None:
     [
         (lambda d, c: mf.make_corrupt_frames(c, d / "garbage.mp4"), {}, CorruptMedia),
         (lambda d, c: mf.make_truncated(c, d / "cut.mp4"), {}, CorruptMedia),
-        (lambda d, c: mf.make_audio_only(d / "audio.mp4", seconds=1.0), {}, NoVideoStream),
-        (lambda d, c: mf.make_audio_only(d / "audio.webm", seconds=1.0), {}, NoVideoStream),
+        (
+            lambda d, c: mf.make_audio_only(d / "audio.mp4", seconds=1.0),
+            {"audio_enabled": False},
+            NoVideoStream,
+        ),
+        (
+            lambda d, c: mf.make_audio_only(d / "audio.webm", seconds=1.0),
+            {"audio_enabled": False},
+            NoVideoStream,
+        ),
+        (
+            lambda d, c: mf.make_audio_only(d / "a.wav", seconds=0.2, sample_rate=384_000),
+            {},
+            UnsupportedAudio,
+        ),
+        (
+            lambda d, c: mf.make_audio_only(d / "a.wav", seconds=2.0),
+            {"max_duration_seconds": 1},
+            MediaTooLong,
+        ),
         (lambda d, c: c, {"max_frame_pixels": W * H - 1}, ResolutionTooHigh),
         (lambda d, c: c, {"max_duration_seconds": 1}, MediaTooLong),
         # Refused in the caller, before any child starts:
@@ -187,8 +212,10 @@ def test_start_methods(clip: Path, image: Path, method: str) -> None:
     ids=[
         "corrupt-frames",
         "truncated",
-        "audio-mp4",
-        "audio-webm",
+        "audio-mp4-audio-off",
+        "audio-webm-audio-off",
+        "audio-rate",
+        "audio-duration",
         "pixels",
         "duration",
         "empty",

@@ -698,6 +698,10 @@ def test_dashboard_is_complete_and_provisioned(built: dict[str, list[dict[str, A
         "sum by (reason) (rate(dfguard_evidence_purged_total",
         "sum by (outcome) (rate(dfguard_evidence_captures_total",
         "sum by (outcome) (rate(dfguard_evidence_overlays_total",
+        # Speech: tracks by outcome, the audio stage's time and windows per track.
+        "sum by (outcome) (rate(dfguard_audio_tracks_total",
+        'dfguard_stage_duration_seconds_bucket{namespace="dfguard", stage="audio"}',
+        "sum(rate(dfguard_audio_windows_total",
         "dfguard_evidence_queue_depth{",
         "histogram_quantile(0.95, sum by (job, le) (rate(dfguard_evidence_overlay_seconds_bucket",
     ):

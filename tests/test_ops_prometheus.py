@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools import media_factory as mf
 from devtools.kafka_broker import KafkaBroker
 from devtools.kafka_tools import Producer, Topics, create_topics, file_uri, read_topic, upload_event
 from devtools.ops_tools import (
@@ -44,7 +45,7 @@ from devtools.ops_tools import (
 )
 from devtools.servers import FlakyMediaHost, free_port, wait_until
 from devtools.triton_server import TritonServer
-from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
+from service.models import DEFAULT_AUDIO_MODEL, DEFAULT_MODEL, UNTRAINED_MANIFEST
 from service.triton.repo import RepoOptions, build_repo
 
 pytestmark = [pytest.mark.ops, pytest.mark.triton, pytest.mark.kafka]
@@ -63,6 +64,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=2000, cpu_threads=1),
         shadow_paths=[SHADOW],
+        audio_path=DEFAULT_AUDIO_MODEL,
     )
     with TritonServer(repo) as server:
         yield server
@@ -121,6 +123,8 @@ def traffic(gateway: str, triton: TritonServer, face_clip: Path) -> None:
     """Observations behind every gateway and Triton series the dashboard and the alerts use."""
     clip = face_clip.read_bytes()
     assert _post(gateway, "clip.mp4", clip) == 200  # decisions, stages, inference, Triton counts
+    tone = mf.make_audio_only(face_clip.with_name("ops-tone.m4a"), seconds=2.0).read_bytes()
+    assert _post(gateway, "tone.m4a", tone) == 200  # an audio track: the audio stage and outcome series
     # The shadow scores after the answer, on its own lane: wait for it before Triton goes away.
     wait_until(lambda: _shadow_compared(gateway) >= 1, 60, interval=0.25, what="the shadow's comparison")
     _job_evidence_then_erasure(gateway, clip)

@@ -22,7 +22,7 @@ from service.config import Settings
 from service.errors import BackendUnavailable
 from service.inference import OnnxRuntimeBackend
 from service.inference.triton import TritonBackend
-from service.models import DEFAULT_MODEL, UNTRAINED_MANIFEST
+from service.models import DEFAULT_AUDIO_MODEL, DEFAULT_MODEL, UNTRAINED_MANIFEST
 from service.pipeline import Pipeline
 from service.triton.repo import RepoOptions, build_repo
 
@@ -38,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         tmp_path_factory.mktemp("repo"),
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=20_000, cpu_threads=1),
+        audio_path=DEFAULT_AUDIO_MODEL,  # the gateway serves audio by default: its backend needs the member
     )
     with TritonServer(repo) as s:
         yield s

@@ -56,6 +56,7 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mf.make_face_free_clip(root / "c.mp4", seconds=2.0, width=640, height=360)
     mf.make_random_bytes(root / "corrupt.mp4")
     mf.make_text(root / "text.mp4")
+    mf.make_audio_only(root / "tone.m4a", seconds=2.0)
     return root
 
 
@@ -114,6 +115,7 @@ def test_upload_event_becomes_a_stored_flag_event_with_headers(
     assert flag.top_frames and flag.top_frames[0].faces, "the face of the clip is reported"
     assert flag.timings_ms.fetch > 0 and flag.timings_ms.total >= flag.timings_ms.decode > 0
     assert flag.model == pipeline.model_ref
+    assert flag.audio is None, "a clip without an audio track has no audio block"
 
     stored = DecisionStore(s.database_url).get("acme", "vid-1")
     assert stored is not None and stored.flag_event_json == record.value
@@ -194,6 +196,28 @@ def test_poison_events_go_to_the_dlq_with_their_bytes_and_the_partition_moves_on
     assert _metric("dfguard_worker_events_dead_lettered_total", reason="schema_violation") == before + 3
     committed, end = committed_and_end(kafka.bootstrap, topics.group, topics.uploads)
     assert committed == end == {0: len(poison) + 1}
+
+
+def test_an_audio_only_upload_is_scored_and_its_flag_carries_the_audio_block(
+    kafka: KafkaBroker,
+    topics: Topics,
+    producer: Producer,
+    pipeline: Pipeline,
+    media_root: Path,
+    tmp_path: Path,
+) -> None:
+    s = _settings(kafka, topics, tmp_path, media_root)
+    with running_worker(build_worker(s, pipeline)):
+        producer.send(topics.uploads, upload_event("vid-audio", file_uri(media_root / "tone.m4a")))
+        records = read_topic(kafka.bootstrap, topics.flags, 1)
+    (flag,) = _flags(records)
+    assert flag.decision == "allow" and flag.reasons == ["no_speech_found"] and flag.score is None
+    assert flag.top_frames == []
+    assert flag.audio is not None and flag.audio.score is None and flag.audio.reasons == ["no_speech_found"]
+    assert flag.audio.model.name == "dfguard-aasist-l"
+    stored = DecisionStore(s.database_url).get("acme", "vid-audio")
+    assert stored is not None and stored.record.origin == "scored"
+    assert stored.flag_event_json == records[0].value
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ from devtools.postgres_server import PostgresServer
 from devtools.servers import free_port, wait_http_ok
 from devtools.triton_server import TritonServer
 from service.events import FlagEvent
-from service.models import UNTRAINED_MANIFEST
+from service.models import DEFAULT_AUDIO_MODEL, UNTRAINED_MANIFEST
 from service.triton.repo import RepoOptions, build_repo
 
 pytestmark = [pytest.mark.kafka, pytest.mark.triton, pytest.mark.postgres, pytest.mark.ops, pytest.mark.slow]
@@ -76,6 +76,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         tmp_path_factory.mktemp("hold-triton-repo"),
         "cpu",
         RepoOptions(max_batch_size=64, max_queue_delay_microseconds=2000, cpu_threads=1),
+        audio_path=DEFAULT_AUDIO_MODEL,
     )
     with TritonServer(repo) as server:
         yield server

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from service import metrics
 from service.errors import BackendUnavailable
 from service.inference.base import InferenceBackend
-from service.models.manifest import ModelManifest
+from service.models.manifest import AudioModelManifest, ModelManifest
 
 __all__ = ["MicroBatchingBackend"]
 
@@ -61,6 +61,16 @@ class MicroBatchingBackend:
     @property
     def models(self) -> list[ModelManifest]:
         return self.inner.models
+
+    @property
+    def audio_model(self) -> AudioModelManifest | None:
+        return self.inner.audio_model
+
+    def predict_audio(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Straight to the wrapped backend: a track's few windows are one call already."""
+        if self._closed:
+            raise BackendUnavailable("the micro-batcher is stopped")
+        return self.inner.predict_audio(windows)
 
     def ready(self) -> bool:
         return self._thread.is_alive() and self.inner.ready()

@@ -9,6 +9,11 @@ embedded backend. Outages are bounded: each call has a timeout, transient failur
 exhausted) are retried with backoff, and after `breaker_failures` consecutive failures a circuit breaker
 fails calls at once with `BackendUnavailable` (503 at the gateway) for `breaker_reset_seconds`, then lets one
 call probe the server again; a readiness probe (`ready()`) that finds the server ready closes it at once.
+
+The audio model (`audio`, its manifest) is the repository's member named after it, outside the ensembles:
+`predict_audio` sends FP32 windows to it over plain gRPC (never shared memory: a few windows per track) in
+batches of at most `audio_batch_size(max_batch_size)`, through the same retries, timeouts and circuit
+breaker, and turns its logits into LLRs exactly as the embedded backend does (`onnx.llr`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.errors import BackendUnavailable, InternalError
+from service.inference.onnx import llr
 from service.inference.prepare import input_groups, prepare, to_probability
-from service.models.manifest import ModelManifest, find_manifest
-from service.triton.repo import ENSEMBLE, score_output
+from service.models.manifest import AudioModelManifest, ModelManifest, find_manifest
+from service.triton.repo import ENSEMBLE, audio_batch_size, score_output
 
 __all__ = ["CircuitBreaker", "TritonBackend"]
 
@@ -150,11 +156,13 @@ class TritonBackend:
         max_batch_size: int = 64,
         ensemble_model: str = ENSEMBLE,
         shared_memory: bool = False,
+        audio: Path | None = None,
     ) -> None:
         if not manifest_paths:
             raise ValueError("at least one model manifest is required")
         # Only the manifests are needed here: the model files live on the Triton server.
         self._manifests = [ModelManifest.model_validate_json(Path(p).read_bytes()) for p in manifest_paths]
+        self._audio = AudioModelManifest.model_validate_json(Path(audio).read_bytes()) if audio else None
         self.url = url
         self.timeout = timeout_seconds
         self.retries = retries
@@ -199,6 +207,10 @@ class TritonBackend:
     def models(self) -> list[ModelManifest]:
         return list(self._manifests)
 
+    @property
+    def audio_model(self) -> AudioModelManifest | None:
+        return self._audio
+
     def _submit(self, coro: Awaitable[T], timeout: float) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
 
@@ -231,8 +243,17 @@ class TritonBackend:
                 delay *= 4
         raise BackendUnavailable(f"Triton at {self.url} is unavailable: {last}") from last
 
-    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        region = self._shm.region() if self._shm is not None else None
+    def _infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        *,
+        shared_memory: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """One request; its inputs go through this thread's shared-memory region when the backend uses
+        shared memory and `shared_memory` (the regions are sized for crop batches only)."""
+        region = self._shm.region() if self._shm is not None and shared_memory else None
 
         async def run() -> dict[str, np.ndarray]:
             if region is not None:
@@ -285,22 +306,43 @@ class TritonBackend:
                 scores[m.name][start:stop] = to_probability(m, got[score_output(m.name)], stop - start)
         return scores
 
+    def predict_audio(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """LLRs (N,) of the audio member on (N, window_samples) windows, as the embedded backend's."""
+        m = self._audio
+        if m is None:
+            raise RuntimeError("this backend serves no audio model")
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != m.window_samples:
+            raise ValueError(f"expected windows of shape (N, {m.window_samples}), got {x.shape}")
+        out = np.empty(len(x), dtype=np.float32)
+        step = audio_batch_size(self.max_batch_size)
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            got = self._infer(m.name, {m.input_name: chunk}, [m.output_name], shared_memory=False)
+            out[start : start + len(chunk)] = llr(np.asarray(got[m.output_name]).reshape(len(chunk), 2))
+        return out
+
     def ready(self) -> bool:
-        """Server live and the ensemble ready, asked once without retries (readiness probes must be quick).
+        """Server live, the ensemble ready and the audio model too if it serves one, asked once without
+        retries (readiness probes must be quick).
 
         Asked even while the circuit is open, and a ready answer closes it: the readiness probe is what ends
         an outage for its callers (the gateway's /readyz, the worker's hold), so the calls it lets through
         must not then fail fast on a breaker still waiting out `breaker_reset_seconds`."""
 
         wait = min(self.timeout, 2.0)
+        models = [self.ensemble_model, *([self._audio.name] if self._audio else [])]
 
         async def check() -> bool:  # each RPC bounded too: a probe never leaves a call behind on the loop
-            return bool(await self._client.is_server_ready(client_timeout=wait)) and bool(
-                await self._client.is_model_ready(self.ensemble_model, client_timeout=wait)
-            )
+            if not await self._client.is_server_ready(client_timeout=wait):
+                return False
+            for model in models:
+                if not await self._client.is_model_ready(model, client_timeout=wait):
+                    return False
+            return True
 
         try:
-            ok = self._submit(check(), timeout=2 * wait + 1)
+            ok = self._submit(check(), timeout=(1 + len(models)) * wait + 1)
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False
         if ok:

@@ -19,9 +19,11 @@ from service.config import Settings
 from service.errors import EmptyMedia, MediaNotFound, MediaTooLarge
 from service.media.decode import decode_media, probe_kind
 from service.media.isolated import DecodeJob, IsolationLimits, warm_up
-from service.media.types import MediaHeader, MediaLimits, SampledMedia
+from service.media.types import AudioFailure, AudioTrack, MediaHeader, MediaLimits, SampledMedia
 
 __all__ = [
+    "AudioFailure",
+    "AudioTrack",
     "MediaHeader",
     "MediaLimits",
     "PendingMedia",

@@ -16,6 +16,7 @@ the pipeline.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import errno
 import warnings
 from collections.abc import Callable
@@ -32,13 +33,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from service.errors import (
     CorruptMedia,
     DecodeFailed,
+    MediaError,
     MediaNotFound,
     MediaTooLong,
     NoVideoStream,
     ResolutionTooHigh,
 )
+from service.media.audio import decode_audio_stream
 from service.media.sniff import SNIFF_BYTES, Sniffed, sniff
-from service.media.types import MediaHeader, MediaLimits, SampledMedia
+from service.media.types import AudioFailure, AudioTrack, MediaHeader, MediaLimits, SampledMedia
 
 Allocator = Callable[[tuple[int, ...]], npt.NDArray[np.uint8]]
 
@@ -59,7 +62,14 @@ def decode_media(path: str | Path, limits: MediaLimits, alloc: Allocator = _defa
     try:
         if kind.kind == "image":
             return _decode_image(path, kind, limits, alloc)
-        return _decode_video(path, kind, limits, alloc)
+        if kind.kind == "audio":
+            if not limits.audio:
+                raise NoVideoStream("the media is audio only and audio scoring is off (DFG_AUDIO_ENABLED)")
+            return _decode_audio_only(path, kind.format, limits)
+        media = _decode_video(path, kind, limits, alloc)
+        if media.header.kind == "video" and limits.audio:
+            return dataclasses.replace(media, audio=_audio_of_video(path, kind.format, limits))
+        return media
     except MemoryError as exc:
         # A damaged header can make FFmpeg refuse a huge allocation (ENOMEM) even with memory to spare; the
         # isolated decoder also lands here when its RLIMIT_AS budget runs out. Either way: this media, not us.
@@ -108,6 +118,40 @@ def _decode_image(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
         frames_decoded=1,
     )
     return SampledMedia(header=header, frames=out, indices=[0], times=[0.0], scale=scale)
+
+
+# --- audio --------------------------------------------------------------------------------------------
+
+
+def _decode_audio_only(path: str | Path, fmt: str, limits: MediaLimits) -> SampledMedia:
+    """Audio-only media: no frames, the track."""
+    track = decode_audio_stream(path, fmt, limits, max_seconds=limits.max_duration_seconds, strict=True)
+    header = MediaHeader(
+        kind="audio",
+        container=fmt,
+        width=0,
+        height=0,
+        duration_s=round(track.duration_s, 6),
+        partial=track.partial,
+        decode_errors=track.decode_errors,
+    )
+    frames = np.empty((0, 1, 1, 3), dtype=np.uint8)
+    return SampledMedia(header=header, frames=frames, indices=[], times=[], audio=track)
+
+
+def _audio_of_video(path: str | Path, fmt: str, limits: MediaLimits) -> AudioTrack | AudioFailure | None:
+    """A video's audio track; a track that cannot be decoded is reported, not fatal (the faces still are)."""
+    try:
+        with av.open(str(path), format=fmt, metadata_errors="ignore") as c:
+            if not c.streams.audio:
+                return None
+        return decode_audio_stream(path, fmt, limits, max_seconds=limits.max_duration_seconds, strict=False)
+    except MemoryError:
+        return AudioFailure(DecodeFailed.code, "the decoder ran out of memory on the audio track")
+    except MediaError as exc:
+        return AudioFailure(exc.code, exc.message)
+    except av.error.FFmpegError as exc:
+        return AudioFailure(CorruptMedia.code, f"the audio track could not be read: {exc.strerror}")
 
 
 # --- videos -------------------------------------------------------------------------------------------
@@ -176,7 +220,14 @@ def _decode_video(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
         if not container.streams:
             raise CorruptMedia("the container holds no streams")
         if not container.streams.video:
-            raise NoVideoStream("the media has no video stream")
+            if limits.audio and container.streams.audio:
+                return _decode_audio_only(path, kind.format, limits)  # m4a, Opus in WebM
+            raise NoVideoStream(
+                "the media has no video stream"
+                + ("" if limits.audio else " (audio scoring is off: DFG_AUDIO_ENABLED)")
+                if container.streams.audio
+                else "the media has neither a video nor an audio stream"
+            )
         stream = container.streams.video[0]
         cc = stream.codec_context
         if cc is None:

@@ -189,7 +189,18 @@ def _child_main(
     try:
         media = decode_media(path, limits, alloc=alloc)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        conn.send(("ok", media.header, media.indices, media.times, media.scale, media.frames.shape, peak_mb))
+        conn.send(
+            (
+                "ok",
+                media.header,
+                media.indices,
+                media.times,
+                media.scale,
+                media.frames.shape,
+                peak_mb,
+                media.audio,
+            )
+        )
     except MediaError as exc:
         if isinstance(exc.__cause__, MemoryError):
             conn.send(("error", exc.code, f"the decoder exceeded its memory limit of {memory_mb} MB"))
@@ -257,12 +268,12 @@ class DecodeJob:
         if msg[0] == "error":
             self.close()
             raise error_for_code(msg[1], msg[2])
-        _, header, indices, times, scale, shape, peak_mb = msg
+        _, header, indices, times, scale, shape, peak_mb, audio = msg
         assert isinstance(header, MediaHeader) and self.buffer is not None
         frames = self.buffer.view(tuple(shape))
         extra = {"decoder_peak_rss_mb": float(peak_mb)}
         return SampledMedia(
-            header=header, frames=frames, indices=indices, times=times, scale=scale, extra=extra
+            header=header, frames=frames, indices=indices, times=times, scale=scale, extra=extra, audio=audio
         )
 
     def _reap(self) -> None:

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from service.config import Settings
 
-MediaKindT = Literal["video", "image"]
+MediaKindT = Literal["video", "image", "audio"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class MediaLimits:
     max_working_side: int = 1920
     seek_above_seconds: float = 120.0
     decode_threads: int = 2
+    audio: bool = False  # decode the audio track too (and accept audio-only media)
+    max_audio_sample_rate: int = 192_000
+    max_audio_channels: int = 8
 
     @classmethod
     def from_settings(cls, s: Settings) -> MediaLimits:
@@ -35,6 +38,9 @@ class MediaLimits:
             max_working_side=s.max_working_side,
             seek_above_seconds=s.seek_above_seconds,
             decode_threads=s.decode_threads,
+            audio=s.audio_enabled,
+            max_audio_sample_rate=s.audio_max_sample_rate,
+            max_audio_channels=s.audio_max_channels,
         )
 
 
@@ -54,6 +60,39 @@ class MediaHeader:
 
 
 @dataclass(frozen=True)
+class AudioTrack:
+    """The audio track as 16 kHz mono 16-bit PCM (half the bytes of float32 across the process boundary; the
+    sources are at most 16-bit-accurate after their codecs anyway)."""
+
+    pcm: npt.NDArray[np.int16]
+    source_sample_rate: int
+    channels: int
+    codec: str
+    partial: bool = False
+    decode_errors: int = 0
+    sample_rate: int = 16_000
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+    def samples(self) -> npt.NDArray[np.float32]:
+        """The signal as float32 in [-1, 1), what the models take."""
+        return self.pcm.astype(np.float32) / 32768.0
+
+
+@dataclass(frozen=True)
+class AudioFailure:
+    """The audio track of a video could not be analysed (the video still is): an error code and message."""
+
+    code: str
+    message: str
+    source_sample_rate: int = 0
+    channels: int = 0
+    codec: str = ""
+
+
+@dataclass(frozen=True)
 class SampledMedia:
     """Sampled, upright RGB frames at working resolution, plus where they came from.
 
@@ -67,3 +106,4 @@ class SampledMedia:
     times: list[float]
     scale: float = 1.0
     extra: dict[str, float] = field(default_factory=dict)
+    audio: AudioTrack | AudioFailure | None = None  # None: no audio track, or audio not asked for

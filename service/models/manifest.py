@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.config import Aggregation
 
 __all__ = [
+    "AudioModelManifest",
+    "AudioThresholds",
     "CalibratedThresholds",
     "EnsembleManifest",
     "EnsembleThresholds",
@@ -28,6 +30,7 @@ __all__ = [
     "ModelSet",
     "ModelSource",
     "find_manifest",
+    "load_audio_manifest",
     "load_manifest",
     "resolve_models",
 ]
@@ -122,6 +125,69 @@ class EnsembleManifest(BaseModel):
     thresholds: EnsembleThresholds | None = None
     description: str = ""
     licence: str = ""
+
+
+class AudioThresholds(CalibratedThresholds):
+    """Review / flag thresholds on a track's p(synthetic speech), with how and on what they were fitted."""
+
+    method: str
+    fitted_on: str = Field(description="The data they were fitted on (never the test split).")
+    windows: int = Field(ge=1, description="Windows per track the scores were averaged over when fitting.")
+    early_exit_below: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="A track whose first window scores below this is decided on that window alone (the "
+        "others are not scored): fitted so that no calibration fake caught with every window is lost; null: "
+        "always score every window.",
+    )
+
+
+class AudioModelManifest(BaseModel):
+    """An anti-spoofing model scoring fixed-length windows of 16 kHz mono speech.
+
+    The model outputs two logits per window, [synthetic, bona fide]; a window's score is their difference
+    (a log-likelihood ratio) and a track's score is the sigmoid of the mean over its windows, the quantity
+    the thresholds were fitted on.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: Literal[1] = 1
+    kind: Literal["audio"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str
+    file: str = Field(description="ONNX file, relative to the manifest.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Checked at load time.")
+    input_name: str = "waveform"
+    output_name: str = "logits"
+    sample_rate: Literal[16000] = 16000
+    window_samples: int = Field(ge=1600, le=1_000_000, description="Samples per window (float32 in [-1, 1]).")
+    output: Literal["logits_synthetic_bonafide"] = "logits_synthetic_bonafide"
+    thresholds: AudioThresholds
+    reference_outputs: str | None = Field(
+        None, description="JSON file of the model's recorded outputs on fixed inputs (the parity test's)."
+    )
+    description: str = ""
+    licence: str = ""
+    source: ModelSource | None = None
+
+
+def load_audio_manifest(path: str | Path) -> tuple[AudioModelManifest, Path]:
+    """Read an audio model manifest; returns it with its hash-checked model file (licences must travel)."""
+    path = Path(path)
+    manifest = AudioModelManifest.model_validate_json(path.read_bytes())
+    model_path = (path.parent / manifest.file).resolve()
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {model_path} named by {path} does not exist")
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    if digest != manifest.sha256:
+        raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {manifest.sha256}")
+    licence_files = manifest.source.licence_files if manifest.source else ()
+    missing = [n for n in licence_files if not (path.parent / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} must travel with its licence files; missing beside it: {missing}")
+    return manifest, model_path
 
 
 @dataclass(frozen=True)

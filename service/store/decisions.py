@@ -154,6 +154,7 @@ def _stored(row: DecisionRow) -> StoredDecision:
         flag_event_id=row.flag_event_id,
         timings_ms=dict(row.timings_ms),
         decided_at=flag.decided_at,
+        audio=flag.audio,
     )
     return StoredDecision(
         row.id,

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.events import (
+    FlagAudio,
     FlagEvent,
     FlagFrame,
     FlagTimings,
@@ -109,6 +110,7 @@ class Redecision:
     top_frames: list[FlagFrame]
     timings: FlagTimings
     frame_hashes: Sequence[int] | None = None  # None: keep the stored hashes (only their mark follows)
+    audio: FlagAudio | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,7 @@ def _revise(engine: Engine, decision_id: int, expected_revision: int, new: Redec
                     aggregation=new.aggregation,
                     top_frames=new.top_frames,
                     timings=FlagTimings.model_validate(repost.timings_ms),  # no work was redone for it
+                    audio=new.audio,
                 )
                 out.append(_next_revision(s, repost, follows, now))
     return out
@@ -348,6 +351,7 @@ def follow_original(engine: Engine, repost_id: int, expected_revision: int) -> l
             aggregation=original.aggregation,
             top_frames=list(source.top_frames),
             timings=FlagTimings.model_validate(repost.timings_ms),  # no work was redone for it
+            audio=source.audio,
         )
         return [_next_revision(s, repost, follows, now)]
 
@@ -395,6 +399,7 @@ def _next_revision(s: Session, row: DecisionRow, new: Redecision, now: datetime)
         source_event_id=row.source_event_id,
         revision=revision,
         supersedes=row.flag_event_id,
+        audio=new.audio,
     )
     value = encode_flag_event(event, 2)  # revisions exist only in v2
     values = dict(

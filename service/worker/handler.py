@@ -51,6 +51,7 @@ from service.errors import (
     classify,
 )
 from service.events import (
+    FlagAudio,
     FlagEvent,
     FlagFace,
     FlagFrame,
@@ -419,6 +420,7 @@ class EventHandler:
             timings,
             decided_at=decided_at,
             evidence_url=link,
+            audio=FlagAudio.of(result.audio),
         )
         new = NewDecision(
             tenant=upload.tenant,
@@ -464,6 +466,7 @@ class EventHandler:
             FlagTimings(fetch=fetch_ms, total=_ms(t0)),
             model=source.model,
             evidence_url=self._repost_link(upload, original, store),
+            audio=source.audio,
         )
         return NewDecision(
             tenant=upload.tenant,
@@ -503,6 +506,7 @@ class EventHandler:
         *,
         decided_at: datetime | None = None,
         evidence_url: str | None = None,
+        audio: FlagAudio | None = None,
     ) -> FlagEvent:
         return FlagEvent(
             event_id=flag_event_id(upload.tenant, upload.video_id),
@@ -517,6 +521,7 @@ class EventHandler:
             decided_at=decided_at or datetime.now(UTC),
             source_event_id=upload.event_id,
             evidence_url=evidence_url,
+            audio=audio,
         )
 
 

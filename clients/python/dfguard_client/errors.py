@@ -40,6 +40,7 @@ __all__ = [
     "StoreUnavailable",
     "TransportError",
     "Unauthorized",
+    "UnsupportedAudio",
     "UnsupportedContentType",
     "UnsupportedMedia",
     "UploadTimeout",
@@ -74,9 +75,18 @@ class CorruptMedia(MediaError):
 
 
 class NoVideoStream(MediaError):
-    """A container without a video stream (e.g. audio only)."""
+    """A container with neither a video stream nor an audio stream to score; audio only when audio
+    scoring is off (`DFG_AUDIO_ENABLED=false`).
+    """
 
     code = "no_video_stream"
+    http_status = 422
+
+
+class UnsupportedAudio(MediaError):
+    """An audio stream outside the decoder's bounds (sample rate, channel count): not decoded."""
+
+    code = "unsupported_audio"
     http_status = 422
 
 
@@ -270,6 +280,7 @@ BY_CODE: dict[str, type[DfguardError]] = {
     "unsupported_media": UnsupportedMedia,
     "corrupt_media": CorruptMedia,
     "no_video_stream": NoVideoStream,
+    "unsupported_audio": UnsupportedAudio,
     "media_too_large": MediaTooLarge,
     "resolution_too_high": ResolutionTooHigh,
     "media_too_long": MediaTooLong,

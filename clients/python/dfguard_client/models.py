@@ -10,6 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AudioResult",
+    "AudioSummary",
+    "AudioWindow",
     "Decision",
     "DecisionOrigin",
     "DecisionRecord",
@@ -33,7 +36,7 @@ __all__ = [
 Decision = Literal["allow", "review", "flag"]
 DecisionOrigin = Literal["scored", "duplicate", "near_duplicate", "media_error"]
 ThresholdSource = Literal["settings", "ensemble", "model", "default"]
-MediaKind = Literal["video", "image"]
+MediaKind = Literal["video", "image", "audio"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
 
@@ -46,9 +49,9 @@ class _Model(BaseModel):
 class MediaInfo(_Model):
     sha256: str = Field(description="SHA-256 of the uploaded bytes (hex).")
     kind: MediaKind
-    duration_s: float | None = Field(description="Duration of a video; null for an image.")
-    width: int = Field(description="Width of the upright (rotation-applied) picture, pixels.")
-    height: int = Field(description="Height of the upright picture, pixels.")
+    duration_s: float | None = Field(description="Duration of a video or audio file; null for an image.")
+    width: int = Field(description="Width of the upright (rotation-applied) picture, pixels; 0 for audio.")
+    height: int = Field(description="Height of the upright picture, pixels; 0 for audio.")
 
 
 class ModelRef(_Model):
@@ -60,6 +63,7 @@ class Timings(_Model):
     decode: float = Field(description="Milliseconds spent decoding and sampling frames.")
     detect: float = Field(description="Milliseconds spent detecting and tracking faces.")
     classify: float = Field(description="Milliseconds spent cropping and classifying faces.")
+    audio: float = Field(0.0, description="Milliseconds spent finding and scoring speech (0: no audio).")
     total: float = Field(description="Milliseconds end to end.")
 
 
@@ -101,6 +105,62 @@ class UsedThresholds(_Model):
     )
 
 
+class ErrorDetail(_Model):
+    code: str
+    message: str
+
+
+class ErrorBody(_Model):
+    error: ErrorDetail
+
+
+class AudioWindow(_Model):
+    start_s: float = Field(description="Start of the scored window in the track, seconds.")
+    end_s: float
+    score: float = Field(description="Probability that this window's speech is synthetic.")
+
+
+class AudioResult(_Model):
+    """The verdict on the speech of the audio track."""
+
+    score: float | None = Field(
+        description="Probability that the speech is synthetic (sigmoid of the mean window log-likelihood "
+        "ratio); null when no speech was found or the track could not be decoded."
+    )
+    decision: Decision | None = Field(description="The audio's own decision; null without a score.")
+    reasons: list[str] = Field(
+        description="E.g. `synthetic_speech_suspected`, `no_speech_found`, `audio_error:<code>`, "
+        "`partially_decoded`."
+    )
+    speech_seconds: float = Field(description="Speech the voice-activity detector found in the track.")
+    scanned_seconds: float = Field(
+        description="How much of the track was searched for speech: all of it up to "
+        "DFG_AUDIO_SCAN_SECONDS, else excerpts spread over it."
+    )
+    duration_s: float = Field(description="Duration of the decoded track.")
+    sample_rate: int = Field(description="Sample rate of the source stream, Hz (analysed at 16 kHz mono).")
+    channels: int
+    codec: str
+    windows: list[AudioWindow] = Field(
+        description="The windows scored, over speech, in track order (only the first when it alone "
+        "decided: clearly real speech, DFG_AUDIO_EARLY_EXIT)."
+    )
+    model: ModelRef
+    thresholds: UsedThresholds = Field(description="The audio review / flag thresholds applied.")
+    error: ErrorDetail | None = Field(None, description="Why the track could not be analysed, if so.")
+
+
+class AudioSummary(_Model):
+    """The speech track's verdict as decisions keep it: flag events (schema v2) and stored decisions."""
+
+    score: float | None = Field(description="Probability that the speech is synthetic; null without speech.")
+    decision: Decision | None
+    reasons: list[str]
+    speech_seconds: float
+    windows: list[AudioWindow]
+    model: ModelRef
+
+
 class ScoreResult(_Model):
     """The verdict on one piece of media."""
 
@@ -116,15 +176,12 @@ class ScoreResult(_Model):
     aggregation: str = Field(description="How crop scores became the video score (per model, then mean).")
     timings_ms: Timings
     frames: list[FrameResult]
-
-
-class ErrorDetail(_Model):
-    code: str
-    message: str
-
-
-class ErrorBody(_Model):
-    error: ErrorDetail
+    audio: AudioResult | None = Field(
+        None,
+        description="The speech track's verdict; null when the media has no audio track (or audio is "
+        "off). `decision` is the stricter of the faces' and the speech's; `score` stays the "
+        "faces' score.",
+    )
 
 
 class JobAccepted(_Model):
@@ -172,3 +229,6 @@ class DecisionRecord(_Model):
     flag_event_id: str
     timings_ms: dict[str, float]
     decided_at: datetime
+    audio: AudioSummary | None = Field(
+        None, description="The speech track's verdict; null without an audio track (or audio scoring off)."
+    )

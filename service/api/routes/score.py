@@ -20,7 +20,7 @@ router = APIRouter()
 @router.post(
     "/v1/score",
     response_model=ScoreResult,
-    summary="Score a video or image now",
+    summary="Score a video, image or audio file now",
     responses=ERROR_RESPONSES,
     openapi_extra=media_body(ScoreUrlRequest),
 )
