@@ -50,14 +50,27 @@ def _print_result(args: argparse.Namespace, result: ScoreResult | RemoteResult) 
         return
     m = result.media
     score = "n/a" if result.score is None else f"{result.score:.3f}"
+    seconds = f", {m.duration_s:.1f} s" if m.duration_s else ""
+    pictured = (
+        ""
+        if m.kind == "audio"
+        else f"; {result.frames_sampled} frames sampled, {result.faces_detected} faces, "
+        f"{result.crops_scored} crops classified; model {result.model.name} {result.model.version}"
+    )
+    size = "" if m.kind == "audio" else f" {m.width}x{m.height}"
     print(
         f"{args.path}: {result.decision.upper()} (score {score}; {', '.join(result.reasons)})\n"
-        f"  {m.kind} {m.width}x{m.height}"
-        + (f", {m.duration_s:.1f} s" if m.duration_s else "")
-        + f"; {result.frames_sampled} frames sampled, {result.faces_detected} faces, "
-        f"{result.crops_scored} crops classified; "
-        f"model {result.model.name} {result.model.version}; {result.timings_ms.total:.0f} ms"
+        f"  {m.kind}{size}{seconds}{pictured}; {result.timings_ms.total:.0f} ms"
     )
+    a = result.audio
+    if a is not None:
+        verdict = (a.decision or "no decision").upper()
+        speech_score = "n/a" if a.score is None else f"{a.score:.3f}"
+        print(
+            f"  speech: {verdict} (score {speech_score}; {', '.join(a.reasons)}); "
+            f"{a.speech_seconds:.1f} s of speech, {len(a.windows)} window(s); "
+            f"model {a.model.name} {a.model.version}"
+        )
 
 
 def _score_remote(args: argparse.Namespace) -> int:

@@ -210,7 +210,7 @@ class ScoreUrlRequest(_In):
     url: str = Field(
         min_length=1,
         max_length=4096,
-        description="http(s) URL of the video or image (s3://bucket/key where enabled).",
+        description="http(s) URL of the video, image or audio file (s3://bucket/key where enabled).",
     )
 
 
@@ -218,7 +218,7 @@ class JobRequest(_In):
     url: str = Field(
         min_length=1,
         max_length=4096,
-        description="http(s) URL of the video or image (s3://bucket/key where enabled).",
+        description="http(s) URL of the video, image or audio file (s3://bucket/key where enabled).",
     )
     callback_url: str | None = Field(
         None, max_length=4096, description="Receives the finished job by POST (signed, retried)."

@@ -59,6 +59,15 @@ def test_score_human_output(face_clip: Path) -> None:
     assert "model dfguard-default" in proc.stdout and "32 frames sampled" in proc.stdout
 
 
+def test_score_human_output_of_an_audio_file(tmp_path: Path) -> None:
+    proc = _run("score", str(mf.make_audio_only(tmp_path / "tone.flac", seconds=1.5)))
+    assert proc.returncode == 0, proc.stderr
+    first, second, third = proc.stdout.splitlines()
+    assert first.endswith("ALLOW (score n/a; no_speech_found)")
+    assert second.startswith("  audio, 1.5 s;")
+    assert third.startswith("  speech: NO DECISION (score n/a; no_speech_found); 0.0 s of speech, 0 window(s)")
+
+
 def test_settings_come_from_dfg_environment(face_clip: Path) -> None:
     proc = _run("score", "--json", str(face_clip), env={"DFG_FRAMES_PER_VIDEO": "8"})
     assert proc.returncode == 0

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from devtools import media_factory as mf
 from service.config import Settings
 from service.errors import MediaError
-from service.media import MediaLimits, SampledMedia, decode_media, load_media
+from service.media import AudioFailure, AudioTrack, MediaLimits, SampledMedia, decode_media, load_media
 
 MAGIC: dict[str, bytes] = {
     "mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41",
@@ -25,8 +25,14 @@ MAGIC: dict[str, bytes] = {
     "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
     "jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
     "gif": b"GIF89a",
+    "wav": b"RIFF\x24\x10\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00",
+    "flac": b"fLaC\x00\x00\x00\x22",
+    "ogg": b"OggS\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00",
+    "mp3-id3": b"ID3\x04\x00\x00\x00\x00\x00\x00",
+    "mp3-frame": b"\xff\xfb\x90\x64",
+    "adts": b"\xff\xf1\x50\x80\x02\x1f\xfc",
 }
-LIMITS = MediaLimits()
+LIMITS = MediaLimits(audio=True)  # as served: audio tracks and audio-only media are decoded too
 ISOLATED = Settings()
 FUZZ = settings(
     deadline=None,
@@ -73,6 +79,12 @@ def header_first_clip(request: pytest.FixtureRequest, fuzz_dir: Path) -> Seed:
     return Seed(path)
 
 
+@pytest.fixture(scope="module", params=["seed.m4a", "seed.mp3", "seed.wav", "seed.flac", "seed.ogg"])
+def audio_seed(request: pytest.FixtureRequest, fuzz_dir: Path) -> Seed:
+    """Small audio-only files (0.3 s of a tone): what audio uploads are made of."""
+    return Seed(mf.make_audio_only(fuzz_dir / str(request.param), seconds=0.3, sample_rate=16_000))
+
+
 @pytest.fixture(scope="module")
 def small_jpeg(fuzz_dir: Path) -> Seed:
     return Seed(mf.make_image(fuzz_dir / "seed.jpg", photo="scene", quality=50))
@@ -102,6 +114,13 @@ def _check_isolated(path: Path) -> None:
 
 
 def _check_result(media: SampledMedia) -> None:
+    assert media.audio is None or isinstance(media.audio, AudioTrack | AudioFailure)
+    if isinstance(media.audio, AudioTrack):
+        assert media.audio.pcm.dtype == np.int16 and media.audio.pcm.ndim == 1 and len(media.audio.pcm) > 0
+        assert len(media.audio.pcm) <= (LIMITS.max_duration_seconds + 1) * media.audio.sample_rate
+    if media.header.kind == "audio":
+        assert isinstance(media.audio, AudioTrack) and media.frames.shape[0] == 0
+        return
     n = media.frames.shape[0]
     assert 1 <= n <= LIMITS.frames_per_video
     assert media.frames.dtype == np.uint8 and media.frames.ndim == 4 and media.frames.shape[3] == 3
@@ -164,6 +183,17 @@ def test_mutated_headers_give_frames_or_a_media_error(
     fuzz_dir: Path, header_first_clip: Seed, flips: Flips
 ) -> None:
     _check_inline(_write(fuzz_dir, _mutate(header_first_clip, flips)))
+
+
+@settings(FUZZ, max_examples=60)
+@given(flips=flips_strategy, fraction=st.floats(0.05, 1.0))
+@example(flips=[(0.5, 0)], fraction=1.0)
+@example(flips=[(0.0, 0xFF), (0.5, 0xFF), (1.0, 0xFF)], fraction=0.5)
+def test_mutated_or_cut_audio_gives_a_track_or_a_media_error(
+    fuzz_dir: Path, audio_seed: Seed, flips: Flips, fraction: float
+) -> None:
+    data = _mutate(audio_seed, flips)
+    _check_inline(_write(fuzz_dir, data[: max(1, int(fraction * len(data)))]))
 
 
 @settings(FUZZ, max_examples=150)

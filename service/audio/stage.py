@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -19,6 +20,8 @@ from service.schemas import AudioResult, AudioWindow, ErrorDetail, ModelRef, Use
 
 __all__ = ["AudioStage"]
 
+log = logging.getLogger("dfguard.audio")
+
 _EXCERPT_SECONDS = 10  # long tracks are searched for speech in excerpts this long (>= one window)
 
 
@@ -33,6 +36,14 @@ class AudioStage:
         self.vad = vad
         self.backend = backend
         self.windows = settings.audio_windows
+        if self.windows != model.thresholds.windows and settings.audio_review_threshold is None:
+            log.warning(
+                "DFG_AUDIO_WINDOWS=%d but %s's thresholds were fitted on %d windows per track: scores are "
+                "averaged unlike when they were fitted (refit: python -m training.audio.calibrate)",
+                self.windows,
+                model.name,
+                model.thresholds.windows,
+            )
         self.vad_threshold = settings.audio_vad_threshold
         self.min_speech = settings.audio_min_speech_seconds
         self.scan_seconds = settings.audio_scan_seconds

@@ -59,7 +59,7 @@ def _require_signing(settings: Settings, tenant: str) -> None:
     "/v1/jobs",
     status_code=202,
     response_model=JobAccepted,
-    summary="Score a video or image in the background",
+    summary="Score a video, image or audio file in the background",
     responses=ERROR_RESPONSES,
     openapi_extra=media_body(JobRequest, {"callback_url": {"type": "string"}}),
 )
