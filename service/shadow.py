@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from service import metrics
+from service.audio.judge import overall
 from service.decision import Policy, Thresholds, Verdict, ensemble_policy, judge
 from service.inference import InferenceBackend
 from service.lanes import LowPriorityLane
@@ -111,6 +112,16 @@ class ShadowSubject:
     primary_model: ModelRef
     primary_score: float | None
     primary_decision: Decision
+    # The speech's verdict, which the shadow (face models only) keeps: its decision is the stricter of the
+    # candidate faces' and this, so a change counts only what the candidate would change.
+    audio: tuple[Decision | None, list[str]] | None = None
+
+
+class SpeechAnswer(Protocol):
+    @property
+    def decision(self) -> Decision | None: ...
+    @property
+    def reasons(self) -> list[str]: ...
 
 
 class PrimaryAnswer(Protocol):
@@ -122,6 +133,8 @@ class PrimaryAnswer(Protocol):
     def score(self) -> float | None: ...
     @property
     def decision(self) -> Decision: ...
+    @property
+    def audio(self) -> SpeechAnswer | None: ...
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,7 @@ class ShadowLane:
             primary_model=primary.model,
             primary_score=primary.score,
             primary_decision=primary.decision,
+            audio=None if primary.audio is None else (primary.audio.decision, list(primary.audio.reasons)),
         )
         return self.offer(ShadowWork(subject, crops))
 
@@ -226,7 +240,8 @@ class ShadowLane:
             )
             metrics.SHADOW_SKIPPED.labels(reason="failed").inc()
             return
-        score, decision = verdict.score, verdict.decision
+        score = verdict.score
+        decision, _ = overall((verdict.decision, verdict.reasons), subject.audio)
         try:
             self.sink(ShadowVerdict(subject, self.model_ref, score, decision, self.policy.thresholds))
         except Exception as exc:  # noqa: BLE001 - a store that is down loses this row, nothing else

@@ -300,3 +300,37 @@ def test_score_clip_through_the_served_pipeline(tmp_path: Path) -> None:
     assert s.score is not None and 0.0 <= s.score <= 1.0 and s.windows == 1
     assert s.decision in ("allow", "review", "flag") and s.model is not None and s.thresholds is not None
     assert s.thresholds["review"] <= s.thresholds["flag"] and s.speech_seconds and s.speech_seconds > 1.0
+
+
+# --- calibration ----------------------------------------------------------------------------------------
+
+
+def test_calibration_fit_is_the_documented_rule() -> None:
+    from training.audio.calibrate import fit
+
+    def clip(i: int, label: int) -> Clip:
+        return Clip(i, Path(f"{i}.wav"), label, "espeak" if label else "libri-test-other", f"c{i}", "cal")
+
+    real_scores = [0.01 * (k + 1) for k in range(40)]  # 0.01 .. 0.40
+    rows = [(clip(k, 0), s, [s / 2, s]) for k, s in enumerate(real_scores)]
+    rows += [
+        (clip(100, 1), 0.9, [0.5, 0.99]),
+        (clip(101, 1), 0.8, [0.7, 0.85]),
+        (clip(102, 1), 0.2, [0.2, 0.2]),
+    ]
+    f = fit(rows, windows=2)
+    assert f["review"] == pytest.approx(np.quantile(real_scores, 0.95, method="higher"))
+    assert f["flag"] == pytest.approx(1 / (1 + np.exp(-(np.log(0.40 / 0.60) + 1.0))), abs=1e-6)
+    # the lowest first window of the fakes caught with every window (0.5, not the missed one's 0.2) minus one
+    # logit, and at least one logit below review (which binds here: review 0.39)
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    exit_llr = min(logit(0.5) - 1.0, logit(f["review"]) - 1.0)
+    assert exit_llr == logit(f["review"]) - 1.0
+    assert f["early_exit_below"] == pytest.approx(1 / (1 + np.exp(-exit_llr)), abs=1e-6)
+    # a caught fake whose first window looked real (0.05) pulls the exit down below it
+    low = fit([(c, s, [0.05, *ws[1:]]) if c.id == 100 else (c, s, ws) for c, s, ws in rows], windows=2)
+    assert low["early_exit_below"] == pytest.approx(1 / (1 + np.exp(-(logit(0.05) - 1.0))), abs=1e-6)
+    assert f["figures"]["fakes_caught"] == 2 and f["windows"] == 2
+    assert f["figures"]["real_exiting_early"] == sum(s / 2 < f["early_exit_below"] for s in real_scores)
+    with pytest.raises(ValueError, match="too few"):
+        fit(rows[:10], windows=2)

@@ -251,6 +251,30 @@ def test_failures_stay_in_the_lane(
     assert not lane.offer(_work()) and not lane.models_for("00" * 32)
 
 
+def test_the_shadow_keeps_the_primarys_speech_verdict() -> None:
+    """The shadow swaps face models only: its decision is the stricter of its faces' and the primary's speech,
+    so a clip flagged for its cloned voice is not counted as a change the face candidate would make."""
+    stored: list[ShadowVerdict] = []
+    lane = build_shadow_lane(Settings(shadow_model_paths=[SHADOW], shadow_sample=1.0), stored.append)
+    assert lane is not None
+    grey = CutCrops({SHADOW_NAME: np.full((2, 224, 224, 3), 64, dtype=np.uint8)}, [0, 0], False)
+    plain = ShadowWork(_work().subject, grey)  # the untrained model scores these 0.57: review
+    voiced = ShadowWork(
+        dataclasses.replace(
+            plain.subject, primary_decision="flag", audio=("flag", ["synthetic_speech_suspected"])
+        ),
+        plain.crops,
+    )
+    try:
+        assert lane.offer(plain) and lane.offer(voiced)
+        wait_until(lambda: len(stored) == 2, 30, what="both shadow verdicts")
+    finally:
+        lane.close(timeout=30)
+    faces_only, with_speech = stored
+    assert faces_only.decision == "review"
+    assert with_speech.decision == "flag" and with_speech.score == faces_only.score
+
+
 # --- the gateway ------------------------------------------------------------------------------------------
 
 
