@@ -83,6 +83,7 @@ def run(
             "faces_detected": result.faces_detected,
             "decision": result.decision,
             "media": result.media.model_dump(),
+            "audio_windows": len(result.audio.windows) if result.audio is not None else None,
         },
         "parameters": {
             "video": str(video),
