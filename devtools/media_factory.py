@@ -159,6 +159,7 @@ class ClipKwargs(TypedDict, total=False):
     preset: str
     motion: bool
     audio: bool | Sound
+    audio_seconds: float | None
     faststart: bool
 
 
@@ -397,6 +398,7 @@ def _write_video(
     preset: str,
     audio: bool | Sound,
     faststart: bool,
+    audio_seconds: float | None = None,
 ) -> Path:
     """Encode ``render(t)`` (upright RGB frames) into ``path``; see make_face_clip for the options."""
     path = Path(path)
@@ -453,7 +455,8 @@ def _write_video(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
         if audio_stream is not None:
-            _encode_audio(out, audio_stream, sound.fitted(float(n_frames / rate))[None, :], sound.rate)
+            track = sound.fitted(audio_seconds if audio_seconds is not None else float(n_frames / rate))
+            _encode_audio(out, audio_stream, track[None, :], sound.rate)
     return path
 
 
@@ -476,6 +479,7 @@ def make_face_clip(
     motion: bool = True,
     audio: bool | Sound = False,
     faststart: bool = False,
+    audio_seconds: float | None = None,
 ) -> Path:
     """Video of a real face photo on a face-free scene, drifting horizontally so tracking matters.
 
@@ -485,7 +489,8 @@ def make_face_clip(
     is given. ``gop=None`` means one keyframe per second; ``bframes=None`` keeps the encoder/preset
     default (x264 "veryfast" uses up to 3 B-frames, "ultrafast" none). ``crf``/``preset`` apply to
     libx264 (``crf`` also to libvpx). ``audio=True`` adds a mono 440 Hz tone track, a ``Sound`` that
-    sound (cut or padded with silence to the clip's length). ``faststart`` moves
+    sound (cut or padded with silence to the clip's length, or to ``audio_seconds``: a track longer
+    or shorter than the picture). ``faststart`` moves
     the mp4/mov ``moov`` box to the front (by default it is at the end, which matters for truncation).
     The face is at ``face_box_at(i / fps, ...)`` in frame ``i``.
     """
@@ -509,6 +514,7 @@ def make_face_clip(
         preset=preset,
         audio=audio,
         faststart=faststart,
+        audio_seconds=audio_seconds,
     )
 
 
@@ -611,6 +617,76 @@ def make_audio_only(
         if bit_rate is not None:
             stream.bit_rate = bit_rate
         _encode_audio(out, stream, sound.samples[None, :], sound.rate)
+    return path
+
+
+def _mux_sound(
+    out: av.container.OutputContainer, stream: AudioStream, sound: Sound, channels: int = 1
+) -> None:
+    """Encode `sound` (mono) into `stream`, duplicated to `channels` interleaved channels."""
+    layout = "mono" if channels == 1 else "stereo"
+    for start in range(0, len(sound.samples), 1024):
+        part = sound.samples[start : start + 1024]
+        data = np.repeat(part, channels)[None, :] if channels > 1 else part[None, :]
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="flt", layout=layout)
+        frame.sample_rate = sound.rate
+        frame.pts = start
+        frame.time_base = Fraction(1, sound.rate)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def make_audio_with_cover(path: str | Path, *, seconds: float = 1.5) -> Path:
+    """An MP4 audio file (m4a) carrying a cover picture: an mjpeg stream marked `attached_pic`, as music and
+    podcast files have. Its only moving content is the sound."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        audio = _add_audio_stream(out, "aac", 44_100)
+        cover = out.add_stream("mjpeg", rate=1)
+        assert isinstance(cover, VideoStream)
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")
+        out.mux(cover.encode(picture.reformat(format="yuvj420p")))
+        out.mux(cover.encode(None))
+        _mux_sound(out, audio, Sound(_tone(seconds, 44_100)[0], 44_100))
+    return path
+
+
+def make_ogg_video(path: str | Path, *, seconds: float = 1.0) -> Path:
+    """An Ogg file with a VP8 video stream beside its Opus audio (sniffed as audio by its magic bytes)."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="ogg") as out:
+        video = out.add_stream("libvpx", rate=10)
+        assert isinstance(video, VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = _add_audio_stream(out, "libopus", 48_000)
+        for i in range(max(1, round(seconds * 10))):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        _mux_sound(out, audio, Sound(_tone(seconds, 48_000)[0], 48_000))
+    return path
+
+
+def make_adts_with_format_changes(
+    path: str | Path, formats: tuple[tuple[int, int], ...] = ((44_100, 1), (22_050, 2), (48_000, 1))
+) -> Path:
+    """Raw AAC (ADTS) whose sample rate and channel count change mid-stream: one second of a tone per
+    (rate, channels), the parts' bytes concatenated (ADTS frames are self-describing)."""
+    path = Path(path)
+    data = b""
+    for rate, channels in formats:
+        buf = io.BytesIO()
+        with av.open(buf, mode="w", format="adts") as out:
+            stream = out.add_stream("aac", rate=rate)
+            assert isinstance(stream, AudioStream)
+            stream.layout = "mono" if channels == 1 else "stereo"
+            _mux_sound(out, stream, Sound(_tone(1.0, rate)[0], rate), channels)
+        data += buf.getvalue()
+    path.write_bytes(data)
     return path
 
 

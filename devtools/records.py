@@ -24,13 +24,15 @@ def new_decision(
     hashes: tuple[int, ...] = (),
     origin: str = "scored",
     event: str = "ev-1",
+    score: float | None = None,
 ) -> NewDecision:
+    """A decision to store; `score` (the faces') defaults to 0.9 for a flag and 0.1 otherwise."""
     flag = FlagEvent(
         event_id=f"flag-{tenant}-{video_id}",
         video_id=video_id,
         tenant=tenant,
         decision=decision,
-        score=0.9 if decision == "flag" else 0.1,
+        score=score if score is not None else 0.9 if decision == "flag" else 0.1,
         reasons=["untrained_model"],
         model=ModelRef(name="m", version="1"),
         top_frames=[],

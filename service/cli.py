@@ -314,8 +314,9 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from service.compose import choose_audio_model
     from service.config import Settings
-    from service.models import DEFAULT_AUDIO_MODEL, DEFAULT_ENSEMBLE, resolve_models
+    from service.models import DEFAULT_ENSEMBLE, resolve_models
     from service.triton.repo import RepoOptions, build_repo
 
     settings = Settings()
@@ -323,10 +324,10 @@ def _cmd_triton_build_repo(args: argparse.Namespace) -> int:
     manifests = resolve_models(named).member_paths  # an ensemble manifest serves its members
     shadow_named = [Path(p) for p in args.shadow] or list(settings.shadow_model_paths)
     shadow = resolve_models(shadow_named).member_paths if shadow_named else []
-    # The audio model is served unless audio is off: its member, as `compose.choose_audio_model` picks it.
+    # The audio model is served unless audio is off: its member, the one the gateway would load.
     audio = None
     if not args.no_audio and (args.audio or settings.audio_enabled):
-        audio = Path(args.audio) if args.audio else settings.audio_model_path or DEFAULT_AUDIO_MODEL
+        audio = Path(args.audio) if args.audio else choose_audio_model(settings)
     options = RepoOptions(
         max_batch_size=settings.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_us,
@@ -633,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build_audio = build.add_mutually_exclusive_group()
     build_audio.add_argument(
-        "--audio", help="audio model manifest (default: DFG_AUDIO_MODEL_PATH or bundled; none: audio off)"
+        "--audio", help="audio model manifest (default: DFG_AUDIO_MODEL_PATH, else the bundled one)"
     )
     build_audio.add_argument("--no-audio", action="store_true", help="no audio model member")
     build.add_argument("--max-queue-delay-us", type=int, default=2000)

@@ -19,10 +19,10 @@ from devtools.media_factory import Sound
 from service.audio import SileroVad, place_windows
 from service.audio.judge import AudioPolicy, judge_audio, overall
 from service.audio.vad import FRAME_SAMPLES
-from service.audio.windows import MIN_GAP, speech_mask, tile
+from service.audio.windows import MIN_GAP, tile
 from service.config import Settings
 from service.decision import Thresholds
-from service.errors import CorruptMedia, MediaTooLong, UnsupportedAudio
+from service.errors import CorruptMedia, MediaTooLong, UnsupportedAudio, UnsupportedMedia
 from service.events import FlagAudio, FlagEvent, encode_flag_event, parse_flag_event
 from service.inference import OnnxRuntimeBackend
 from service.media import AudioFailure, AudioTrack, load_media
@@ -117,6 +117,55 @@ def test_a_videos_unreadable_track_is_reported_not_fatal(media_dir: Path) -> Non
     assert isinstance(media.audio, AudioFailure) and media.audio.code == "unsupported_audio"
 
 
+def test_cover_art_is_not_a_video_and_ogg_video_is_refused(media_dir: Path) -> None:
+    covered = load_media(mf.make_audio_with_cover(media_dir / "cover.m4a"), INLINE)
+    assert covered.header.kind == "audio" and isinstance(covered.audio, AudioTrack)
+    assert abs(covered.audio.duration_s - 1.5) < 0.1
+    with pytest.raises(UnsupportedMedia, match="video stream"):  # its pictures would go unchecked
+        load_media(mf.make_ogg_video(media_dir / "video.ogg"), INLINE)
+
+
+def test_sample_rate_and_channel_changes_mid_stream_decode_whole(media_dir: Path) -> None:
+    media = load_media(mf.make_adts_with_format_changes(media_dir / "changes.aac"), INLINE)
+    track = media.audio
+    assert media.header.kind == "audio" and isinstance(track, AudioTrack)
+    assert abs(track.duration_s - 3.0) < 0.2 and not track.partial
+    # one tone throughout: the resampled signal keeps 440 Hz across the three parts
+    for part in np.array_split(track.samples()[1600:-1600], 3):
+        spectrum = np.abs(np.fft.rfft(part))
+        assert abs(np.argmax(spectrum) * 16_000 / len(part) - 440) < 5
+    over = Settings(decode_isolation="inline", audio_max_channels=1)
+    with pytest.raises(UnsupportedAudio, match="2 audio channels"):  # the stereo part, checked per frame
+        load_media(media_dir / "changes.aac", over)
+
+
+def test_a_videos_track_stops_with_its_picture(media_dir: Path) -> None:
+    tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(48_000 * 6) / 48_000)).astype(np.float32)
+    clip = mf.make_face_clip(
+        media_dir / "short_pic.mp4",
+        seconds=1.0,
+        width=320,
+        height=240,
+        audio=Sound(tone, 48_000),
+        audio_seconds=6.0,  # a 6-s track beside a 1-s picture
+    )
+    media = load_media(clip, INLINE)
+    assert media.header.kind == "video" and isinstance(media.audio, AudioTrack)
+    picture = media.header.duration_s or 0.0
+    assert picture < 2.0 and media.audio.duration_s <= picture + 1.05 and media.audio.partial
+
+
+def test_a_track_still_decoding_at_its_deadline_fails_alone(media_dir: Path) -> None:
+    from service.media import MediaLimits, decode_media
+
+    clip = mf.make_face_clip(media_dir / "deadline.mp4", seconds=1.0, width=320, height=240, audio=True)
+    media = decode_media(clip, MediaLimits(audio=True, time_limit_seconds=1e-6))  # already past it
+    assert len(media.frames) > 0  # the pictures are kept
+    assert isinstance(media.audio, AudioFailure) and media.audio.code == "decode_failed"
+    assert "not decoded in time" in media.audio.message
+    assert isinstance(decode_media(clip, MediaLimits(audio=True, time_limit_seconds=120)).audio, AudioTrack)
+
+
 def test_garbage_after_an_audio_header_is_corrupt(media_dir: Path) -> None:
     good = mf.make_audio_only(media_dir / "to_break.wav", seconds=0.5)
     broken = media_dir / "broken.flac"
@@ -128,12 +177,20 @@ def test_garbage_after_an_audio_header_is_corrupt(media_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------- windows
 
 
+F = FRAME_SAMPLES  # the detector's frame: speech is given per frame of 512 samples
+
+
+def _frames(seconds: float) -> int:
+    return round(seconds * 16_000 / F)
+
+
 def test_windows_go_where_the_speech_is_and_spread_out() -> None:
-    mask = np.zeros(16_000 * 30, dtype=bool)
-    mask[16_000 * 2 : 16_000 * 8] = True  # 6 s of speech at 2-8 s
-    mask[16_000 * 20 : 16_000 * 27] = True  # 7 s at 20-27 s
-    placed = place_windows(mask, WINDOW, 2)
-    assert placed.speech_samples == 16_000 * 13
+    speech = np.zeros(_frames(30), dtype=bool)
+    speech[_frames(2) : _frames(8)] = True  # 6 s of speech at 2-8 s
+    speech[_frames(20) : _frames(27)] = True  # 7 s at 20-27 s
+    mask = np.repeat(speech, F)
+    placed = place_windows(speech, F, len(mask), WINDOW, 2)
+    assert placed.speech_samples == int(speech.sum()) * F
     assert len(placed.starts) == 2
     for start in placed.starts:  # each window is mostly speech
         assert mask[start : start + WINDOW].mean() > 0.9
@@ -141,25 +198,46 @@ def test_windows_go_where_the_speech_is_and_spread_out() -> None:
     assert abs(placed.starts[1] - placed.starts[0]) >= MIN_GAP
 
 
-def test_no_window_over_silence_and_short_tracks_are_tiled() -> None:
-    assert place_windows(np.zeros(16_000 * 10, dtype=bool), WINDOW, 3).starts == []
-    sparse = np.zeros(16_000 * 10, dtype=bool)
-    sparse[:4000] = True  # 0.25 s of speech: no window is a quarter speech
-    assert place_windows(sparse, WINDOW, 3).starts == []
-    short = np.ones(16_000 * 2, dtype=bool)
-    placed = place_windows(short, WINDOW, 3)
-    assert placed.starts == [0] and placed.tiled
+def test_no_window_over_silence_short_tracks_are_tiled_and_sparse_speech_gets_one() -> None:
+    n = 16_000 * 10
+    assert place_windows(np.zeros(_frames(10), dtype=bool), F, n, WINDOW, 3).starts == []
+    sparse = np.zeros(_frames(60), dtype=bool)
+    for k in range(12):  # a 0.96-s phrase every 5 s: no window is a quarter speech
+        sparse[_frames(5 * k) : _frames(5 * k) + 30] = True
+    placed = place_windows(sparse, F, 16_000 * 60, WINDOW, 3)
+    assert len(placed.starts) == 1 and sparse[placed.starts[0] // F]  # its densest window, on speech
+    short = place_windows(np.ones(_frames(2), dtype=bool), F, 16_000 * 2, WINDOW, 3)
+    assert short.starts == [0] and short.tiled
     x = np.arange(10, dtype=np.float32)
     np.testing.assert_array_equal(tile(x, 25), np.concatenate([x, x, x[:5]]))
 
 
 def test_a_track_with_room_for_fewer_windows_gets_fewer() -> None:
-    mask = np.ones(
-        16_000 * 6, dtype=bool
-    )  # 6 s: two 4-s windows cannot be 2 s apart and both fit... they can
-    placed = place_windows(mask, WINDOW, 5)
-    assert 1 <= len(placed.starts) <= 2
-    assert all(b - a >= MIN_GAP for a, b in zip(placed.starts, placed.starts[1:], strict=False))
+    # 6 s of speech: a second 4.04-s window would start 2 s after the first and end past the track
+    placed = place_windows(np.ones(_frames(6), dtype=bool), F, 16_000 * 6, WINDOW, 5)
+    assert placed.starts == [0]
+
+
+def test_windows_start_on_speech_unless_the_track_leaves_no_room() -> None:
+    speech = np.zeros(_frames(9), dtype=bool)
+    onset = 32  # frames: 1.024 s of quiet, then speech
+    speech[onset:] = True
+    placed = place_windows(speech, F, 16_000 * 9, WINDOW, 2)
+    assert placed.starts and all(speech[s // F] for s in placed.starts)
+    assert placed.starts[0] == onset * F  # exactly at the onset, not on the 0.1-s grid before it
+    n = WINDOW + 8000
+    late = np.zeros(-(-n // F), dtype=bool)
+    late[24:] = True  # speech starts (12,288) after the last possible window start (8,000)
+    assert place_windows(late, F, n, WINDOW, 2).starts == [8000]
+
+
+def test_long_tracks_are_searched_in_spread_excerpts() -> None:
+    from service.audio.windows import excerpts
+
+    assert excerpts(16_000 * 100, 16_000 * 300, 16_000 * 10, F) == [(0, 16_000 * 100)]
+    parts = excerpts(16_000 * 1800, 16_000 * 300, 16_000 * 10, F)
+    assert len(parts) == 30 and parts[0][0] == 0 and parts[-1][1] >= 16_000 * 1800 - F
+    assert all(a % F == 0 and b - a == 16_000 * 10 for a, b in parts)
 
 
 # --------------------------------------------------------------------------------------------- verdicts
@@ -188,7 +266,7 @@ def test_the_stricter_decision_wins_and_says_why() -> None:
         "flag",
         ["x", "synthetic_speech_suspected"],
     )
-    assert overall(video, ("allow", ["score_below_review_threshold"])) == video  # type: ignore[arg-type]
+    assert overall(video, ("allow", ["speech_score_below_review_threshold"])) == video  # type: ignore[arg-type]
     assert overall(video, None) == video  # type: ignore[arg-type]
     assert overall(video, (None, ["no_speech_found"])) == (  # type: ignore[arg-type]
         "allow",
@@ -264,7 +342,7 @@ def test_vad_finds_speech_and_not_a_tone() -> None:
     speech = Sound.read(_libri()).samples  # LibriSpeech is 16 kHz already
     p = vad.probabilities(speech)
     assert len(p) == -(-len(speech) // FRAME_SAMPLES)
-    assert speech_mask(p, 0.5, len(speech), FRAME_SAMPLES).mean() > 0.5
+    assert (p >= 0.5).mean() > 0.5
     t = np.arange(16_000 * 3) / 16_000
     tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     assert (vad.probabilities(tone) >= 0.5).mean() < 0.1
@@ -353,17 +431,6 @@ def test_flag_events_carry_the_audio_block_in_v2_only() -> None:
     assert "audio" not in v1 and parse_flag_event(encode_flag_event(event, 1)).audio is None
 
 
-def test_windows_start_on_speech_unless_the_track_leaves_no_room() -> None:
-    mask = np.zeros(16_000 * 9, dtype=bool)
-    mask[16_000 + 700 :] = True  # 1.04 s of quiet, then 8 s of speech
-    placed = place_windows(mask, WINDOW, 2)
-    assert placed.starts and all(mask[s] for s in placed.starts)
-    assert placed.starts[0] == 16_000 + 700  # exactly at the onset, not on the 0.1-s grid before it
-    short = np.zeros(WINDOW + 8000, dtype=bool)
-    short[12_000:] = True  # speech starts after the last possible window start
-    assert place_windows(short, WINDOW, 2).starts == [8000]
-
-
 @needs_speech
 def test_clear_real_speech_is_decided_on_its_first_window(media_dir: Path) -> None:
     from service.compose import build_pipeline
@@ -380,3 +447,18 @@ def test_clear_real_speech_is_decided_on_its_first_window(media_dir: Path) -> No
     assert len(off.windows) == 2 and len(on.windows) == 1
     assert on.windows[0] == off.windows[0] and on.windows[0].score < manifest.thresholds.early_exit_below
     assert on.decision == off.decision == "allow"
+
+
+def test_the_stage_warns_about_settings_that_contradict_its_fit(caplog: pytest.LogCaptureFixture) -> None:
+    from service.audio import AudioStage
+
+    backend = OnnxRuntimeBackend([UNTRAINED_MANIFEST], threads=1, audio=DEFAULT_AUDIO_MODEL)
+    with caplog.at_level("WARNING", logger="dfguard.audio"):
+        AudioStage(Settings(), SileroVad(), backend)
+    assert not caplog.records, "the shipped settings are the ones the thresholds were fitted with"
+    with caplog.at_level("WARNING", logger="dfguard.audio"):
+        AudioStage(Settings(audio_windows=3), SileroVad(), backend)
+        AudioStage(Settings(audio_review_threshold=0.1), SileroVad(), backend)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("fitted on 2 windows" in m for m in messages)
+    assert any("at or below the early exit" in m for m in messages)

@@ -65,7 +65,7 @@ def test_score_human_output_of_an_audio_file(tmp_path: Path) -> None:
     first, second, third = proc.stdout.splitlines()
     assert first.endswith("ALLOW (score n/a; no_speech_found)")
     assert second.startswith("  audio, 1.5 s;")
-    assert third.startswith("  speech: NO DECISION (score n/a; no_speech_found); 0.0 s of speech, 0 window(s)")
+    assert third.startswith("  speech: NO DECISION (score n/a; no_speech_found); 0.0 s of speech, 0 window")
 
 
 def test_settings_come_from_dfg_environment(face_clip: Path) -> None:

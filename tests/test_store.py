@@ -108,6 +108,17 @@ def _random_hashes(seed: int, n: int = 8) -> tuple[int, ...]:
     return tuple(int(h) for h in rng.integers(0, 1 << 63, size=n, dtype=np.int64))
 
 
+def test_a_clip_flagged_for_its_speech_alone_feeds_no_near_duplicate(store: DecisionStore) -> None:
+    """A cloned voice over real pictures is flagged, its faces' score under the flag threshold: re-uploads of
+    the same pictures (maybe with the real voice) are scored, not flagged as its near-duplicates."""
+    voiced, faces = _random_hashes(11), _random_hashes(12)
+    store.put(_new("voice", decision="flag", score=0.1, hashes=voiced, sha="11" * 32))
+    store.put(_new("faces", decision="flag", score=0.9, hashes=faces, sha="12" * 32))
+    assert store.find_near_flagged(tuple(h ^ 1 for h in voiced), 4, 0.75) is None
+    hit = store.find_near_flagged(tuple(h ^ 1 for h in faces), 4, 0.75)
+    assert hit is not None and hit.record.video_id == "faces"
+
+
 def test_near_duplicate_lookup_sees_only_flagged_scored_videos(store: DecisionStore) -> None:
     real, fake, other, later = (_random_hashes(seed) for seed in (1, 2, 3, 4))
     store.put(_new("real", decision="allow", hashes=real, sha="01" * 32))

@@ -15,7 +15,7 @@ from service.decision import Thresholds
 from service.models import AudioModelManifest
 from service.schemas import Decision, ThresholdSource
 
-__all__ = ["AudioPolicy", "AudioVerdict", "audio_policy", "judge_audio", "sigmoid"]
+__all__ = ["AudioPolicy", "AudioVerdict", "audio_policy", "judge_audio", "logit", "overall", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,12 @@ class AudioVerdict:
 
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def logit(p: float) -> float:
+    """The inverse of `sigmoid`, clamped so that 0 and 1 stay finite."""
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return math.log(p / (1.0 - p))
 
 
 def audio_policy(model: AudioModelManifest, review: float | None, flag: float | None) -> AudioPolicy:
@@ -60,13 +66,15 @@ def judge_audio(
     t = policy.thresholds
     if score >= t.flag:
         return AudioVerdict(
-            score, "flag", ["synthetic_speech_suspected", "score_at_or_above_flag_threshold", *reasons]
+            score, "flag", ["synthetic_speech_suspected", "speech_score_at_or_above_flag_threshold", *reasons]
         )
     if score >= t.review:
         return AudioVerdict(
-            score, "review", ["synthetic_speech_suspected", "score_at_or_above_review_threshold", *reasons]
+            score,
+            "review",
+            ["synthetic_speech_suspected", "speech_score_at_or_above_review_threshold", *reasons],
         )
-    return AudioVerdict(score, "allow", ["score_below_review_threshold", *reasons])
+    return AudioVerdict(score, "allow", ["speech_score_below_review_threshold", *reasons])
 
 
 _SEVERITY: dict[Decision, int] = {"allow": 0, "review": 1, "flag": 2}
@@ -82,7 +90,8 @@ def overall(
     `audio_error:<code>`).
     """
     if audio is None:
-        assert video is not None, "media with neither frames nor an audio track"
+        if video is None:
+            raise ValueError("media with neither frames nor an audio track has no decision")
         return video
     a_decision, a_reasons = audio
     if a_decision is None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import numpy.typing as npt
 
 from service import metrics
-from service.audio.judge import AudioPolicy, AudioVerdict, audio_policy, judge_audio, sigmoid
+from service.audio.judge import AudioPolicy, AudioVerdict, audio_policy, judge_audio, logit, sigmoid
 from service.audio.vad import FRAME_SAMPLES, SileroVad
-from service.audio.windows import excerpts, place_windows, speech_mask, tile
+from service.audio.windows import excerpts, place_windows, tile
 from service.config import Settings
 from service.inference import InferenceBackend
 from service.media.types import AudioFailure, AudioTrack
@@ -35,6 +34,9 @@ class AudioStage:
         self.model: AudioModelManifest = model
         self.vad = vad
         self.backend = backend
+        self.policy: AudioPolicy = audio_policy(
+            model, settings.audio_review_threshold, settings.audio_flag_threshold
+        )
         self.windows = settings.audio_windows
         if self.windows != model.thresholds.windows and settings.audio_review_threshold is None:
             log.warning(
@@ -49,9 +51,17 @@ class AudioStage:
         self.scan_seconds = settings.audio_scan_seconds
         exit_below = model.thresholds.early_exit_below
         self.exit_llr = logit(exit_below) if settings.audio_early_exit and exit_below else None
-        self.policy: AudioPolicy = audio_policy(
-            model, settings.audio_review_threshold, settings.audio_flag_threshold
-        )
+        if (
+            self.exit_llr is not None
+            and exit_below is not None
+            and self.policy.thresholds.review <= exit_below
+        ):
+            log.warning(
+                "the audio review threshold %.4f is at or below the early exit %.4f: a first window between "
+                "them is decided alone although it would be sent to review (set DFG_AUDIO_EARLY_EXIT=false)",
+                self.policy.thresholds.review,
+                exit_below,
+            )
         self.model_ref = ModelRef(name=model.name, version=model.version)
         t = self.policy.thresholds
         self.used_thresholds = UsedThresholds(review=t.review, flag=t.flag, source=self.policy.source)
@@ -75,26 +85,25 @@ class AudioStage:
                 thresholds=self.used_thresholds,
                 error=ErrorDetail(code=audio.code, message=audio.message),
             )
-        samples = audio.samples()
         rate = audio.sample_rate
-        mask, scanned = self._speech(samples, rate)
+        n = len(audio.pcm)
+        speech, scanned = self._speech(audio.pcm, rate)
         size = self.model.window_samples
-        placed = place_windows(mask, size, self.windows)
+        placed = place_windows(speech, FRAME_SAMPLES, n, size, self.windows)
         extra = ["partially_decoded"] if audio.partial else []
         llrs: list[float] = []
         windows: list[AudioWindow] = []
         if placed.speech_samples >= self.min_speech * rate and placed.starts:
             if placed.tiled:
-                batch = tile(samples, size)[None, :]
+                batch = tile(_floats(audio.pcm), size)[None, :]
             else:
-                batch = np.stack([samples[s : s + size] for s in placed.starts])
+                batch = np.stack([_floats(audio.pcm[s : s + size]) for s in placed.starts])
             llrs = self._score_windows(batch)
             for start, value in zip(placed.starts, llrs, strict=False):
-                end = min(start + size, len(samples))
                 windows.append(
                     AudioWindow(
                         start_s=round(start / rate, 3),
-                        end_s=round(end / rate, 3),
+                        end_s=round(min(start + size, n) / rate, 3),
                         score=round(sigmoid(value), 6),
                     )
                 )
@@ -116,17 +125,18 @@ class AudioStage:
             thresholds=self.used_thresholds,
         )
 
-    def _speech(self, samples: npt.NDArray[np.float32], rate: int) -> tuple[npt.NDArray[np.bool_], int]:
-        """Per-sample speech mask (False outside the excerpts searched) and how many samples were searched."""
-        mask = np.zeros(len(samples), dtype=bool)
+    def _speech(self, pcm: npt.NDArray[np.int16], rate: int) -> tuple[npt.NDArray[np.bool_], int]:
+        """Speech per detector frame (False outside the excerpts searched) and how many samples were searched.
+        Only the excerpts are converted to float: a 30-min track stays 16-bit."""
+        speech = np.zeros(-(-len(pcm) // FRAME_SAMPLES), dtype=bool)
         scanned = 0
-        for start, end in excerpts(len(samples), int(self.scan_seconds * rate), _EXCERPT_SECONDS * rate):
-            part = samples[start:end]
-            mask[start:end] = speech_mask(
-                self.vad.probabilities(part), self.vad_threshold, len(part), FRAME_SAMPLES
-            )
-            scanned += len(part)
-        return mask, scanned
+        budget = int(self.scan_seconds * rate)
+        for start, end in excerpts(len(pcm), budget, _EXCERPT_SECONDS * rate, FRAME_SAMPLES):
+            probabilities = self.vad.probabilities(_floats(pcm[start:end]))
+            first = start // FRAME_SAMPLES
+            speech[first : first + len(probabilities)] = probabilities >= self.vad_threshold
+            scanned += end - start
+        return speech, scanned
 
     def _score_windows(self, batch: npt.NDArray[np.float32]) -> list[float]:
         """Every window's llr; with early exit, the first window alone when it is clearly real speech."""
@@ -138,5 +148,6 @@ class AudioStage:
         return [first, *(float(x) for x in self.backend.predict_audio(batch[1:]))]
 
 
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
+def _floats(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.float32]:
+    """16-bit PCM as the float32 in [-1, 1) the models take."""
+    return pcm.astype(np.float32) / np.float32(32768.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,19 @@ import av
 import av.error
 import numpy as np
 
-from service.errors import CorruptMedia, MediaTooLong, UnsupportedAudio
+from service.errors import CorruptMedia, MediaTooLong, UnsupportedAudio, UnsupportedMedia
 from service.media.types import AudioTrack, MediaLimits
 
-__all__ = ["RATE", "decode_audio_stream", "has_audio"]
+__all__ = ["RATE", "AudioOverTime", "decode_audio_stream", "pictures"]
 
 RATE = 16_000
 _MAX_DECODE_ERRORS = 64  # broken packets before a track with nothing decoded yet is called corrupt
 
 
-def has_audio(container: Any) -> bool:
-    return bool(container.streams.audio)
+def pictures(container: Any) -> list[Any]:
+    """The container's video streams that are moving pictures: not a cover image (an `attached_pic`, as
+    music and podcast files carry)."""
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
 
 
 def _check_format(rate: int, channels: int, limits: MediaLimits) -> None:
@@ -40,16 +43,29 @@ def _check_format(rate: int, channels: int, limits: MediaLimits) -> None:
         raise UnsupportedAudio(f"{channels} audio channels are over the limit of {limits.max_audio_channels}")
 
 
+class AudioOverTime(Exception):
+    """The track was still decoding at its deadline (a video's track: the pictures' result is kept)."""
+
+
 def decode_audio_stream(
-    path: str | Path, fmt: str, limits: MediaLimits, *, max_seconds: float, strict: bool
-) -> AudioTrack:
+    path: str | Path,
+    fmt: str,
+    limits: MediaLimits,
+    *,
+    max_seconds: float,
+    strict: bool,
+    deadline: float | None = None,
+) -> AudioTrack | None:
     """The first audio stream of the media at `path`, opened with demuxer `fmt`.
 
     Args:
-        max_seconds: decode at most this much. `strict` (audio-only media): a longer track is refused with
-            `media_too_long`; otherwise (a video's track) it is cut there and marked partial.
+        max_seconds: decode at most this much.
+        deadline: `time.monotonic()` past which decoding stops with `AudioOverTime`.
+        strict: audio-only media: no audio stream is `corrupt_media`, a video stream beside it (Ogg video)
+            `unsupported_media`, a longer track `media_too_long`. Otherwise (a video's track) no audio stream
+            is None and a longer track is cut at `max_seconds` and marked partial.
     Raises:
-        CorruptMedia, UnsupportedAudio, MediaTooLong.
+        CorruptMedia, UnsupportedAudio, UnsupportedMedia, MediaTooLong.
     """
     try:
         container = av.open(str(path), format=fmt, metadata_errors="ignore")
@@ -59,7 +75,11 @@ def decode_audio_stream(
         raise CorruptMedia(f"{fmt} container could not be read: {exc.strerror}") from exc
     with container:
         if not container.streams.audio:
-            raise CorruptMedia("the media has no audio stream")
+            if strict:
+                raise CorruptMedia("the media has no audio stream")
+            return None
+        if strict and pictures(container):
+            raise UnsupportedMedia(f"a video stream in an {fmt} file: only its audio could be analysed")
         stream = container.streams.audio[0]
         cc = stream.codec_context
         if cc is None or not cc.name:
@@ -71,14 +91,15 @@ def decode_audio_stream(
                 f"{container.duration / av.time_base:.1f} s is over the limit of {max_seconds:.0f} s"
             )
         codec = str(cc.codec.canonical_name or cc.name)  # "mp3", not its decoder's name "mp3float"
-        return _Resampled(limits, max_seconds, strict).run(container, stream, codec, rate, channels)
+        return _Resampled(limits, max_seconds, strict, deadline).run(container, stream, codec, rate, channels)
 
 
 class _Resampled:
     """Decodes packet by packet, resampling each frame, and keeps the 16 kHz mono chunks."""
 
-    def __init__(self, limits: MediaLimits, max_seconds: float, strict: bool) -> None:
+    def __init__(self, limits: MediaLimits, max_seconds: float, strict: bool, deadline: float | None) -> None:
         self.limits = limits
+        self.deadline = deadline
         self.cap = int(max_seconds * RATE)
         self.strict = strict
         self.chunks: list[np.ndarray] = []
@@ -92,6 +113,10 @@ class _Resampled:
         cc = stream.codec_context
         try:
             for packet in container.demux(stream):
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    raise AudioOverTime(
+                        f"the audio track was not decoded in time ({self.total / RATE:.1f} s)"
+                    )
                 try:
                     frames = cc.decode(packet)
                 except MemoryError:
@@ -109,7 +134,7 @@ class _Resampled:
                     break
             else:
                 self._flush(cc)
-        except (MediaTooLong, CorruptMedia, UnsupportedAudio, MemoryError):
+        except (MediaTooLong, CorruptMedia, UnsupportedAudio, MemoryError, AudioOverTime):
             raise
         except av.error.FFmpegError:
             self.errors += 1

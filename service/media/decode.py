@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import errno
+import time
 import warnings
 from collections.abc import Callable
 from fractions import Fraction
@@ -39,7 +40,7 @@ from service.errors import (
     NoVideoStream,
     ResolutionTooHigh,
 )
-from service.media.audio import decode_audio_stream
+from service.media.audio import AudioOverTime, decode_audio_stream, pictures
 from service.media.sniff import SNIFF_BYTES, Sniffed, sniff
 from service.media.types import AudioFailure, AudioTrack, MediaHeader, MediaLimits, SampledMedia
 
@@ -58,6 +59,7 @@ def decode_media(path: str | Path, limits: MediaLimits, alloc: Allocator = _defa
     `alloc` provides the output frame buffer once its shape is known, so a caller can place it in shared
     memory. Raises a `MediaError` subclass for anything that is not analysable media.
     """
+    started = time.monotonic()
     kind = probe_kind(path)
     try:
         if kind.kind == "image":
@@ -68,7 +70,14 @@ def decode_media(path: str | Path, limits: MediaLimits, alloc: Allocator = _defa
             return _decode_audio_only(path, kind.format, limits)
         media = _decode_video(path, kind, limits, alloc)
         if media.header.kind == "video" and limits.audio:
-            return dataclasses.replace(media, audio=_audio_of_video(path, kind.format, limits))
+            # The track as long as the picture (plus a second of slack): speech after the video ends is not
+            # what viewers hear with it, and a short clip must not pay for a long track.
+            seconds = min(limits.max_duration_seconds, (media.header.duration_s or 0.0) + 1.0)
+            deadline = None
+            if limits.time_limit_seconds is not None:  # leave a tenth of the limit to hand the frames over
+                deadline = started + 0.9 * limits.time_limit_seconds
+            audio = _audio_of_video(path, kind.format, limits, seconds, deadline)
+            return dataclasses.replace(media, audio=audio)
         return media
     except MemoryError as exc:
         # A damaged header can make FFmpeg refuse a huge allocation (ENOMEM) even with memory to spare; the
@@ -126,6 +135,8 @@ def _decode_image(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
 def _decode_audio_only(path: str | Path, fmt: str, limits: MediaLimits) -> SampledMedia:
     """Audio-only media: no frames, the track."""
     track = decode_audio_stream(path, fmt, limits, max_seconds=limits.max_duration_seconds, strict=True)
+    if track is None:  # strict decoding raises instead; kept for the type
+        raise CorruptMedia("the media has no audio stream")
     header = MediaHeader(
         kind="audio",
         container=fmt,
@@ -139,13 +150,15 @@ def _decode_audio_only(path: str | Path, fmt: str, limits: MediaLimits) -> Sampl
     return SampledMedia(header=header, frames=frames, indices=[], times=[], audio=track)
 
 
-def _audio_of_video(path: str | Path, fmt: str, limits: MediaLimits) -> AudioTrack | AudioFailure | None:
-    """A video's audio track; a track that cannot be decoded is reported, not fatal (the faces still are)."""
+def _audio_of_video(
+    path: str | Path, fmt: str, limits: MediaLimits, seconds: float, deadline: float | None
+) -> AudioTrack | AudioFailure | None:
+    """A video's audio track (None: it has none); one that cannot be decoded in time or at all is reported,
+    not fatal (the faces are still scored)."""
     try:
-        with av.open(str(path), format=fmt, metadata_errors="ignore") as c:
-            if not c.streams.audio:
-                return None
-        return decode_audio_stream(path, fmt, limits, max_seconds=limits.max_duration_seconds, strict=False)
+        return decode_audio_stream(path, fmt, limits, max_seconds=seconds, strict=False, deadline=deadline)
+    except AudioOverTime as exc:
+        return AudioFailure(DecodeFailed.code, f"{exc}; the pictures were analysed")
     except MemoryError:
         return AudioFailure(DecodeFailed.code, "the decoder ran out of memory on the audio track")
     except MediaError as exc:
@@ -179,9 +192,10 @@ def _demux_duration(path: str | Path, fmt: str) -> tuple[float, float] | None:
     """Start and duration from packet timestamps, for containers that do not state a duration."""
     first = last = None
     with av.open(str(path), format=fmt) as c:
-        if not c.streams.video:
+        moving = pictures(c)
+        if not moving:
             return None
-        s = c.streams.video[0]
+        s = moving[0]
         tb = s.time_base
         if tb is None:
             return None
@@ -219,7 +233,8 @@ def _decode_video(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
     with container:
         if not container.streams:
             raise CorruptMedia("the container holds no streams")
-        if not container.streams.video:
+        moving = pictures(container)
+        if not moving:
             if limits.audio and container.streams.audio:
                 return _decode_audio_only(path, kind.format, limits)  # m4a, Opus in WebM
             raise NoVideoStream(
@@ -228,7 +243,7 @@ def _decode_video(path: str | Path, kind: Sniffed, limits: MediaLimits, alloc: A
                 if container.streams.audio
                 else "the media has neither a video nor an audio stream"
             )
-        stream = container.streams.video[0]
+        stream = moving[0]
         cc = stream.codec_context
         if cc is None:
             raise CorruptMedia("the video stream has no usable decoder (unknown codec or damaged header)")

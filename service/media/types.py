@@ -27,6 +27,9 @@ class MediaLimits:
     audio: bool = False  # decode the audio track too (and accept audio-only media)
     max_audio_sample_rate: int = 192_000
     max_audio_channels: int = 8
+    # The decode's wall-clock limit (None: none, inline decoding): a video's audio track may use what is left
+    # of it, less a margin, so that a slow hostile track fails the audio alone and the pictures are scored.
+    time_limit_seconds: float | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> MediaLimits:
@@ -41,6 +44,7 @@ class MediaLimits:
             audio=s.audio_enabled,
             max_audio_sample_rate=s.audio_max_sample_rate,
             max_audio_channels=s.audio_max_channels,
+            time_limit_seconds=s.decode_timeout_seconds if s.decode_isolation == "process" else None,
         )
 
 

@@ -135,8 +135,8 @@ class AudioThresholds(CalibratedThresholds):
     windows: int = Field(ge=1, description="Windows per track the scores were averaged over when fitting.")
     early_exit_below: float | None = Field(
         None,
-        ge=0.0,
-        le=1.0,
+        gt=0.0,
+        lt=1.0,
         description="A track whose first window scores below this is decided on that window alone (the "
         "others are not scored): fitted so that no calibration fake caught with every window is lost; null: "
         "always score every window.",
@@ -177,17 +177,7 @@ def load_audio_manifest(path: str | Path) -> tuple[AudioModelManifest, Path]:
     """Read an audio model manifest; returns it with its hash-checked model file (licences must travel)."""
     path = Path(path)
     manifest = AudioModelManifest.model_validate_json(path.read_bytes())
-    model_path = (path.parent / manifest.file).resolve()
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model file {model_path} named by {path} does not exist")
-    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    if digest != manifest.sha256:
-        raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {manifest.sha256}")
-    licence_files = manifest.source.licence_files if manifest.source else ()
-    missing = [n for n in licence_files if not (path.parent / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} must travel with its licence files; missing beside it: {missing}")
-    return manifest, model_path
+    return manifest, _checked_model_file(path, manifest.file, manifest.sha256, manifest.source)
 
 
 @dataclass(frozen=True)
@@ -227,22 +217,28 @@ def resolve_models(paths: Sequence[str | Path]) -> ModelSet:
     return ModelSet(members, ens)
 
 
+def _checked_model_file(path: Path, file: str, sha256: str | None, source: ModelSource | None) -> Path:
+    """The model file a manifest at `path` names, hash-checked when a sha256 is stated, with the licence files
+    its source requires present beside the manifest (they travel with every copy)."""
+    model_path = (path.parent / file).resolve()
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {model_path} named by {path} does not exist")
+    if sha256:
+        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {sha256}")
+    licence_files = source.licence_files if source else ()
+    missing = [n for n in licence_files if not (path.parent / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} must travel with its licence files; missing beside it: {missing}")
+    return model_path
+
+
 def load_manifest(path: str | Path) -> tuple[ModelManifest, Path]:
     """Read a manifest and return it with the resolved path of its model file (hash-checked if stated)."""
     path = Path(path)
     manifest = ModelManifest.model_validate_json(path.read_bytes())
-    model_path = (path.parent / manifest.file).resolve()
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model file {model_path} named by {path} does not exist")
-    if manifest.sha256:
-        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
-        if digest != manifest.sha256:
-            raise ValueError(f"{model_path} has sha256 {digest}, manifest {path} says {manifest.sha256}")
-    licence_files = manifest.source.licence_files if manifest.source else ()
-    missing = [n for n in licence_files if not (path.parent / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} must travel with its licence files; missing beside it: {missing}")
-    return manifest, model_path
+    return manifest, _checked_model_file(path, manifest.file, manifest.sha256, manifest.source)
 
 
 def find_manifest(models: list[ModelManifest], name: str) -> ModelManifest:

@@ -41,6 +41,7 @@ from service.fingerprint import match_fraction, to_signed, to_unsigned
 from service.schemas import Decision, DecisionOrigin, DecisionRecord, ModelRef, UsedThresholds
 from service.store import evidence, revisions
 from service.store import migrate as migrations
+from service.store.revisions import pictures_flagged
 from service.store.tables import DecisionRow, FrameHashRow, ShadowRow
 
 if TYPE_CHECKING:  # the value type only: the store does not load the scoring core
@@ -264,7 +265,9 @@ class DecisionStore:
         for _, decision_id in sorted(matches, key=lambda m: (-m[0], m[1])):
             with Session(self.engine) as s:
                 row = s.get(DecisionRow, decision_id)
-                if row is not None and row.decision == "flag" and row.origin == "scored":
+                if row is not None and pictures_flagged(
+                    row.decision, row.origin, row.score, row.flag_threshold
+                ):
                     return _stored(row)
             self._forget(decision_id, index[decision_id].ids[-1])
         return None
@@ -328,7 +331,7 @@ class DecisionStore:
             source_uri=new.source_uri,
             revision=None,
         )
-        flagged = flag.decision == "flag" and new.origin == "scored"
+        flagged = pictures_flagged(flag.decision, new.origin, flag.score, new.thresholds.flag)
         try:
             # Core, not the ORM unit of work: this runs once per event, viral reposts included.
             with self.engine.begin() as conn:

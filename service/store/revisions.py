@@ -55,6 +55,7 @@ __all__ = [
     "lagging_original",
     "mark_emitted",
     "pending",
+    "pictures_flagged",
     "revise",
     "revisions_of",
     "verdict_columns",
@@ -94,6 +95,13 @@ class Candidate:
     aggregation: str
     sha256: str | None
     source_uri: str | None
+
+
+def pictures_flagged(decision: str, origin: str, score: float | None, flag_threshold: float) -> bool:
+    """Whether a decision flagged its pictures: a scored flag whose faces' score reached the flag threshold.
+    Only those feed the near-duplicate index: a clip flagged for a cloned voice alone must not flag re-uploads
+    of the same pictures with their real voice."""
+    return decision == "flag" and origin == "scored" and score is not None and score >= flag_threshold
 
 
 @dataclass(frozen=True)
@@ -272,10 +280,10 @@ def _revise(engine: Engine, decision_id: int, expected_revision: int, new: Redec
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
         row = _locked_at(s, decision_id, expected_revision)
-        was_flagged = row.decision == "flag" and row.origin == "scored"
+        was_flagged = pictures_flagged(row.decision, row.origin, row.score, row.flag_threshold)
         reposts = _reposts(s, row) if row.sha256 is not None else []
         out = [_next_revision(s, row, new, now)]
-        flagged = new.decision == "flag" and new.origin == "scored"
+        flagged = pictures_flagged(new.decision, new.origin, new.score, new.thresholds.flag)
         _mark_hashes(s, decision_id, flagged, was_flagged, new.frame_hashes)
         if reposts:
             for repost in reposts:

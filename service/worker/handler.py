@@ -466,7 +466,7 @@ class EventHandler:
             FlagTimings(fetch=fetch_ms, total=_ms(t0)),
             model=source.model,
             evidence_url=self._repost_link(upload, original, store),
-            audio=source.audio,
+            audio=source.audio if origin == "duplicate" else None,  # near: other bytes, its own sound
         )
         return NewDecision(
             tenant=upload.tenant,

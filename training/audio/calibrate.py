@@ -6,8 +6,9 @@ head's training split and from the test split) is encoded as an AAC 64 kb/s uplo
 arrives, and scored by `Pipeline.score_file` with every window scored (early exit off), so the fit sees the
 decoder, the voice-activity detector and the window placement that serving uses. From the track scores:
 
-* review: the 95th percentile of the real clips' scores (`method="higher"`: an observed score), so about one
-  real clip in 20 like these would go to review;
+* review: just above the 95th percentile of the real clips' scores (`method="higher"`, an observed score,
+  plus one unit of the scores' sixth decimal, since verdicts compare with `>=`), so at most one real clip in
+  20 like these would go to review;
 * flag: the highest real score plus one logit, so no calibration real clip is flagged and a margin remains;
 * early_exit_below: a track whose first window scores below this is decided on that window alone. It is the
   lowest first-window score of the synthetic clips caught with every window, minus one logit (and at least one
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from service.audio.judge import logit, sigmoid
 from service.compose import build_pipeline
 from service.config import Settings
 from service.models import DEFAULT_AUDIO_MODEL
@@ -41,15 +43,6 @@ REPO = Path(__file__).resolve().parents[2]
 CONDITION = "aac64"
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x))
-
-
 Scored = tuple[Clip, float | None, list[float]]  # clip, track score, window scores (track order)
 
 
@@ -58,19 +51,19 @@ def fit(rows: list[Scored], windows: int) -> dict[str, Any]:
     real = [s for c, s, _ in rows if c.label == 0 and s is not None]
     if len(real) < 20:
         raise ValueError(f"{len(real)} scored real clips: too few to fit a 95th percentile")
-    review = float(np.quantile(real, 0.95, method="higher"))
-    flag = _sigmoid(_logit(max(real)) + 1.0)
+    review = round(float(np.quantile(real, 0.95, method="higher")) + 1e-6, 6)
+    flag = sigmoid(logit(max(real)) + 1.0)
     caught_first = [w[0] for c, s, w in rows if c.label == 1 and s is not None and s >= review and w]
-    exit_llr = min(_logit(review) - 1.0, min((_logit(p) for p in caught_first), default=-math.inf) - 1.0)
-    exit_below = _sigmoid(exit_llr) if math.isfinite(exit_llr) else None
+    exit_llr = min(logit(review) - 1.0, min((logit(p) for p in caught_first), default=-math.inf) - 1.0)
+    exit_below = sigmoid(exit_llr) if math.isfinite(exit_llr) else None
     real_first = [w[0] for c, s, w in rows if c.label == 0 and w]
     return {
         "review": round(review, 6),
         "flag": round(flag, 6),
         "early_exit_below": None if exit_below is None else round(exit_below, 6),
-        "method": "review: 95% quantile of calibration-split real track scores (AAC 64 kb/s, served "
-        "path); flag: their maximum + 1.0 logit; early exit: the lowest first-window score of calibration "
-        "fakes caught with every window, minus 1.0 logit",
+        "method": "review: just above the 95% quantile of calibration-split real track scores (AAC 64 "
+        "kb/s, served path); flag: their maximum + 1.0 logit; early exit: the lowest first-window score "
+        "of calibration fakes caught with every window, minus 1.0 logit",
         "fitted_on": f"{len(real)} real clips of the calibration split (LibriSpeech and LJSpeech speakers "
         f"disjoint from the head's training and test splits), {sum(c.label == 1 for c, _, _ in rows)} "
         "synthetic clips",
