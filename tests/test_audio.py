@@ -458,7 +458,7 @@ def test_the_stage_warns_about_settings_that_contradict_its_fit(caplog: pytest.L
     assert not caplog.records, "the shipped settings are the ones the thresholds were fitted with"
     with caplog.at_level("WARNING", logger="dfguard.audio"):
         AudioStage(Settings(audio_windows=3), SileroVad(), backend)
-        AudioStage(Settings(audio_review_threshold=0.1), SileroVad(), backend)
+        AudioStage(Settings(audio_review_threshold=0.1, audio_early_exit=True), SileroVad(), backend)
     messages = [r.getMessage() for r in caplog.records]
     assert any("fitted on 2 windows" in m for m in messages)
     assert any("at or below the early exit" in m for m in messages)
