@@ -43,9 +43,11 @@ def test_score_json_document(face_clip: Path) -> None:
         "aggregation",
         "timings_ms",
         "frames",
+        "audio",
     }
+    assert doc["audio"] is None  # the clip has no audio track
     assert set(doc["media"]) == {"sha256", "kind", "duration_s", "width", "height"}
-    assert set(doc["timings_ms"]) == {"decode", "detect", "classify", "total"}
+    assert set(doc["timings_ms"]) == {"decode", "detect", "classify", "audio", "total"}
     assert set(doc["model"]) == {"name", "version"}
     face = doc["frames"][0]["faces"][0]
     assert len(face["box"]) == 4 and {"detector_score", "score"} <= set(face)
