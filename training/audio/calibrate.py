@@ -31,15 +31,14 @@ from typing import Any
 import numpy as np
 
 from service.audio.judge import logit, sigmoid
-from service.compose import build_pipeline
 from service.config import Settings
 from service.models import DEFAULT_AUDIO_MODEL
-from training.audio.clips import Clip, clips
+from training.audio.clips import Clip, add_data_arguments, clips, data_dirs
 from training.audio.codecs import CONDITIONS, decode, write_condition
+from training.audio.evaluate import served_pipeline
 
 __all__ = ["Scored", "fit", "main"]
 
-REPO = Path(__file__).resolve().parents[2]
 CONDITION = "aac64"
 
 
@@ -78,12 +77,9 @@ def fit(rows: list[Scored], windows: int) -> dict[str, Any]:
     }
 
 
-def score_split(shared: Path, synth: Path, windows: int, threads: int) -> list[Scored]:
-    settings = Settings(
-        decode_isolation="inline", inference_threads=threads, audio_windows=windows, audio_early_exit=False
-    )
-    pipeline = build_pipeline(settings, batching=False)
-    chosen = [c for c in clips(shared / "data" / "speech", synth) if c.split == "cal"]
+def score_split(speech: Path, synth: Path, windows: int, threads: int) -> list[Scored]:
+    pipeline = served_pipeline(threads, audio_windows=windows, audio_early_exit=False)
+    chosen = [c for c in clips(speech, synth) if c.split == "cal"]
     out: list[Scored] = []
     with tempfile.TemporaryDirectory(prefix="dfguard-calibrate-") as tmp:
         for k, clip in enumerate(chosen):
@@ -108,19 +104,13 @@ def write(fitted: dict[str, Any], manifest: Path = DEFAULT_AUDIO_MODEL) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--synth", type=Path, default=REPO / ".cache" / "audio" / "synth")
+    add_data_arguments(p)
     p.add_argument("--windows", type=int, default=Settings().audio_windows)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--write", action="store_true", help="store the thresholds in the bundled manifest")
     args = p.parse_args(argv)
-    if not (args.shared / "data" / "speech").is_dir():
-        print(
-            f"needs the speech data: {args.shared / 'data' / 'speech'} (../shared/data/speech)",
-            file=sys.stderr,
-        )
-        return 2
-    rows = score_split(args.shared, args.synth, args.windows, args.threads)
+    speech, synth = data_dirs(p, args)
+    rows = score_split(speech, synth, args.windows, args.threads)
     fitted = fit(rows, args.windows)
     print(json.dumps(fitted, indent=2))
     if args.write:

@@ -14,6 +14,7 @@ stay in one split and the bootstrap cluster is the utterance.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from dataclasses import dataclass
@@ -23,12 +24,15 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "REPO",
     "SEED",
     "SOURCES",
     "SPLITS",
     "Clip",
     "Split",
+    "add_data_arguments",
     "clips",
+    "data_dirs",
     "real_splits",
     "synthetic_rows",
 ]
@@ -36,6 +40,7 @@ __all__ = [
 Split = Literal["train", "cal", "test"]
 SPLITS: tuple[Split, ...] = ("train", "cal", "test")
 SEED = 1616
+REPO = Path(__file__).resolve().parents[2]
 # real sources first, then the generators; the report keeps this order
 SOURCES = ("libri-test-other", "libri-train-clean", "lj-real", "espeak", "flite", "piper", "wavefake")
 
@@ -131,3 +136,35 @@ def clips(speech: Path, synth: Path | None) -> list[Clip]:
     synthetic clips of `synth` (none when None). Ids are list positions, as in the research."""
     rows = _real_rows(speech) + (synthetic_rows(synth) if synth is not None else [])
     return [Clip(i, p, label, src, cluster, split) for i, (p, label, src, cluster, split) in enumerate(rows)]
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--shared` and `--synth`, as every audio training command takes them."""
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=REPO.parent / "shared",
+        help="the shared data folder (default ../shared); speech is read from DIR/data/speech",
+    )
+    parser.add_argument(
+        "--synth",
+        type=Path,
+        default=REPO / ".cache" / "audio" / "synth",
+        help="synthetic clips with manifest.jsonl (python -m training.audio.synth --out DIR)",
+    )
+
+
+def data_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, Path]:
+    """The real-speech folder and the synthetic-clip folder the arguments name; exits 2 with a message
+    naming what is missing."""
+    speech: Path = args.shared / "data" / "speech"
+    if not speech.is_dir():
+        parser.exit(2, f"speech data not found at {speech} (../shared/data/speech; pass --shared DIR)\n")
+    synth: Path = args.synth
+    if not (synth / "manifest.jsonl").is_file():
+        parser.exit(
+            2,
+            f"no {synth / 'manifest.jsonl'}: run python -m training.audio.synth --out {synth}, "
+            "or pass --synth DIR\n",
+        )
+    return speech, synth

@@ -24,18 +24,28 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.evaluation import auc
-from training.audio.clips import SOURCES, SPLITS, Clip, clips
+from training.audio.clips import SOURCES, SPLITS, Clip, add_data_arguments, clips, data_dirs
 from training.audio.codecs import CONDITIONS, Condition, decode, write_condition
 from training.audio.stats import cluster_bootstrap_auc, decision_shares
 
-__all__ = ["ClipScore", "Row", "condition_report", "evaluate", "score_clip", "silence_report"]
+if TYPE_CHECKING:
+    from service.pipeline import Pipeline
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "ClipScore",
+    "Row",
+    "condition_report",
+    "evaluate",
+    "score_clip",
+    "served_pipeline",
+    "silence_report",
+]
+
 NO_SPEECH_SCORE = (
     0.5  # an unscored clip counts as undecided in the AUC (as `training.evaluate`'s no-face items)
 )
@@ -345,19 +355,22 @@ def _table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_scorer(threads: int = 1, windows: int | None = None) -> tuple[Scorer, dict[str, Any]]:
-    """The served pipeline, built once (inline decoding, no batching: one caller), as a scorer, with the
-    settings that matter for audio."""
+def served_pipeline(threads: int = 1, **settings: Any) -> Pipeline:
+    """The pipeline as served (`build_pipeline`), for one caller: inline decoding, no batching, `threads`
+    ONNX Runtime threads; `settings` override others (`audio_windows`, `audio_early_exit`, ...)."""
     from service.compose import build_pipeline
     from service.config import Settings
 
-    overrides: dict[str, Any] = {"decode_isolation": "inline", "inference_threads": threads}
-    if windows is not None:
-        overrides["audio_windows"] = windows
-    settings = Settings(**overrides)
-    pipeline = build_pipeline(settings, batching=False)
+    return build_pipeline(
+        Settings(decode_isolation="inline", inference_threads=threads, **settings), batching=False
+    )
+
+
+def build_scorer(threads: int = 1, windows: int | None = None) -> tuple[Scorer, dict[str, Any]]:
+    """The served pipeline, built once, as a scorer, with the settings that matter for audio."""
+    pipeline = served_pipeline(threads, **({} if windows is None else {"audio_windows": windows}))
     used = {
-        "audio_windows": getattr(settings, "audio_windows", None),
+        "audio_windows": pipeline.settings.audio_windows,
         "inference_threads": threads,
         "decode_isolation": "inline",
     }
@@ -366,18 +379,7 @@ def build_scorer(threads: int = 1, windows: int | None = None) -> tuple[Scorer, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--shared",
-        type=Path,
-        default=REPO.parent / "shared",
-        help="the shared data folder (default ../shared); speech is read from DIR/data/speech",
-    )
-    parser.add_argument(
-        "--synth",
-        type=Path,
-        default=REPO / ".cache" / "audio" / "synth",
-        help="synthetic clips with manifest.jsonl (python -m training.audio.synth --out DIR)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--split", choices=SPLITS[1:], default="test", help="held-out split to score")
     parser.add_argument(
         "--conditions",
@@ -392,15 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
-    speech = args.shared / "data" / "speech"
-    if not speech.is_dir():
-        parser.exit(2, f"speech data not found at {speech} (../shared/data/speech; pass --shared DIR)\n")
-    if not (args.synth / "manifest.jsonl").is_file():
-        parser.exit(
-            2,
-            f"no {args.synth / 'manifest.jsonl'}: run python -m training.audio.synth --out "
-            f"{args.synth}, or pass --synth DIR\n",
-        )
+    speech, synth = data_dirs(parser, args)
     names = [n for n in args.conditions.split(",") if n]
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown:
@@ -409,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     report = evaluate(
         speech,
-        args.synth,
+        synth,
         scorer,
         split=args.split,
         conditions=names,
@@ -419,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=progress,
     )
     report["settings"] = used
-    report["data"] = {"speech": str(speech), "synth": str(args.synth)}
+    report["data"] = {"speech": str(speech), "synth": str(synth)}
     sys.stdout.write((json.dumps(report) if args.json else _table(report)) + "\n")
     return 0
 

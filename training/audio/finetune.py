@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from training.audio.clips import Clip, clips
+from training.audio.clips import REPO, Clip, add_data_arguments, clips, data_dirs
 from training.audio.embed import PHASES, WIN
 from training.audio.head import (
     L2_GRID,
@@ -59,7 +59,6 @@ __all__ = [
     "train_set",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "service" / "models" / "builtin" / "aasist-l-dfguard"
 CACHE_VERSION = 1
 TRAIN_PHASES = ("train_aug", "eval_aac64", "train_aug2")  # the order of the training rows (head.py)
@@ -337,18 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (model.onnx, report.json, cache/)"
     )
-    parser.add_argument(
-        "--shared",
-        type=Path,
-        default=REPO.parent / "shared",
-        help="the shared data folder (default ../shared): DIR/data/speech, DIR/weights/aasist/AASIST-L.onnx",
-    )
-    parser.add_argument(
-        "--synth",
-        type=Path,
-        default=REPO / ".cache" / "audio" / "synth",
-        help="synthetic clips with manifest.jsonl (python -m training.audio.synth --out DIR)",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--published", type=Path, help="the published ONNX (default SHARED/weights/aasist/AASIST-L.onnx)"
     )
@@ -362,19 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
-    speech = args.shared / "data" / "speech"
+    speech, synth = data_dirs(parser, args)
     published = args.published or args.shared / "weights" / "aasist" / "AASIST-L.onnx"
-    if not speech.is_dir():
-        parser.exit(2, f"speech data not found at {speech} (../shared/data/speech; pass --shared DIR)\n")
     if not published.is_file():
         parser.exit(
             2, f"published AASIST-L not found at {published} (../shared/weights/aasist; --published)\n"
-        )
-    if not (args.synth / "manifest.jsonl").is_file():
-        parser.exit(
-            2,
-            f"no {args.synth / 'manifest.jsonl'}: run python -m training.audio.synth --out "
-            f"{args.synth}, or pass --synth DIR\n",
         )
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -383,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     report = finetune(
         args.out,
         speech,
-        args.synth,
+        synth,
         published,
         workers=args.workers,
         reference=args.compare if str(args.compare) not in ("", ".") else None,

@@ -18,27 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from service.compose import build_pipeline
-from service.config import Settings
-from training.audio.clips import clips
+from training.audio.clips import add_data_arguments, clips, data_dirs
 from training.audio.codecs import CONDITIONS, SR, decode, encode
-from training.audio.evaluate import score_clip
+from training.audio.evaluate import score_clip, served_pipeline
 
 __all__ = ["main", "splice_report"]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def splice_report(speech: Path, synth: Path, seconds: float, split: str = "test") -> dict[str, Any]:
     chosen = [c for c in clips(speech, synth) if c.split == split]
     real = [c for c in chosen if c.label == 0]
     fakes = [c for c in chosen if c.label == 1]
-    pipelines = {
-        early: build_pipeline(
-            Settings(decode_isolation="inline", inference_threads=1, audio_early_exit=early), batching=False
-        )
-        for early in (True, False)
-    }
+    pipelines = {early: served_pipeline(1, audio_early_exit=early) for early in (True, False)}
     cond = CONDITIONS["aac64"]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dfg-splice-") as tmp:
@@ -75,15 +66,12 @@ def splice_report(speech: Path, synth: Path, seconds: float, split: str = "test"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--synth", type=Path, default=REPO / ".cache" / "audio" / "synth")
+    add_data_arguments(p)
     p.add_argument("--seconds", type=float, default=4.5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    speech = args.shared / "data" / "speech"
-    if not speech.is_dir():
-        p.exit(2, f"speech data not found at {speech} (../shared/data/speech; pass --shared DIR)\n")
-    report = splice_report(speech, args.synth, args.seconds)
+    speech, synth = data_dirs(p, args)
+    report = splice_report(speech, synth, args.seconds)
     print(json.dumps(report if args.json else report["caught"], indent=None if args.json else 2))
     return 0
 
